@@ -1,0 +1,9 @@
+"""specbench: a workbench for comparing LLM decoding strategies on one shared core."""
+from .errors import SpecbenchError
+from .generate import GenerationOutput, encode_prompt, generate
+from .loading import from_hf, load_model, random_model
+from .model import KVCache, ModelArgs, Transformer
+from .sampling import SamplingParams
+
+__all__ = ["SpecbenchError", "GenerationOutput", "encode_prompt", "generate", "from_hf", "load_model",
+           "random_model", "KVCache", "ModelArgs", "Transformer", "SamplingParams"]

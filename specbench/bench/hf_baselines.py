@@ -1,0 +1,166 @@
+"""Hugging Face `generate` as benchmark methods, on the same weights, prompt tokens and sampling.
+
+Methods and options (defaults):
+
+``hf``             plain `model.generate` (greedy at temperature 0, else sampling).
+``hf_pld``         prompt lookup decoding: ``prompt_lookup_num_tokens`` (10),
+                   ``max_matching_ngram_size`` (transformers' default, 2).
+``hf_early_exit``  self-speculation with the first ``assistant_early_exit`` layers as the draft
+                   (`EarlyExitCandidateGenerator`, transformers >= 4.47): default 6 layers, or half
+                   the layers when the model has 6 or fewer (transformers needs it below the
+                   layer count). The draft is the same LM head on an intermediate residual stream,
+                   which models not trained for early exit (like SmolLM2) serve poorly: this is a
+                   protocol baseline, not a tuned one. Also ``num_assistant_tokens`` (transformers'
+                   default 20), ``num_assistant_tokens_schedule`` ("constant" in transformers 5),
+                   ``assistant_confidence_threshold``.
+
+The HF model is loaded with ``AutoModelForCausalLM.from_pretrained(**model.hf_source)`` in the
+dtype and on the device of the specbench model, once per run, and shared by the three methods.
+The prompt is the very token-id list the specbench methods get; stopping is at the same EOS ids
+(the model's and its tokenizer's) or at max_new_tokens; the EOS token is kept in the output, as
+the specbench engine does. Sampling uses do_sample with temperature, top_k (0: off) and top_p
+(1: off), seeded with ``torch.manual_seed(seed)`` (HF samples from the global generator, so
+sampled outputs are not token-identical to specbench's).
+
+Accepted lengths come from a streamer: in assisted decoding transformers streams exactly the
+tokens each step commits (accepted drafts + the bonus token), so ``accepted_lengths`` holds those
+counts and ``steps`` their number; plain ``hf`` commits one token a step. If the streamed counts
+do not add up to the new tokens, both are recorded as null (tables show "-").
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from specbench.errors import SpecbenchError
+
+HF_METHODS: dict[str, dict] = {
+    "hf": {},
+    "hf_pld": {"prompt_lookup_num_tokens": 10},
+    "hf_early_exit": {"assistant_early_exit": 6},
+}
+HF_OPTIONS: dict[str, tuple[str, ...]] = {
+    "hf": (),
+    "hf_pld": ("prompt_lookup_num_tokens", "max_matching_ngram_size"),
+    "hf_early_exit": ("assistant_early_exit", "num_assistant_tokens", "num_assistant_tokens_schedule",
+                      "assistant_confidence_threshold"),
+}
+
+
+class HFOutput:
+    def __init__(self, token_ids, text, stats):
+        self.token_ids, self.text, self.stats = token_ids, text, stats
+
+
+class _StepRecorder:
+    """A transformers streamer that records how many tokens each put() brings (the first: the prompt)."""
+
+    def __init__(self):
+        self.sizes: list[int] = []
+        self._prompt_seen = False
+
+    def put(self, value):
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.sizes.append(int(value.numel()))
+
+    def end(self):
+        pass
+
+
+def eos_ids(model) -> tuple[int, ...]:
+    """The EOS ids specbench.generate stops at: the model config's and the tokenizer's."""
+    args = getattr(model, "args", None)
+    eos = set(getattr(args, "eos_token_ids", ()) or ())
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None and getattr(tok, "eos_token_id", None) is not None:
+        eos.add(int(tok.eos_token_id))
+    return tuple(sorted(eos))
+
+
+class HFBaselines:
+    """Lazily loads the HF twin of a specbench model and runs the hf* methods on it."""
+
+    def __init__(self, model):
+        self.model = model
+        self._hf = None
+
+    def hf_model(self):
+        if self._hf is None:
+            source = getattr(self.model, "hf_source", None)
+            if not source:
+                raise SpecbenchError("the hf* methods need model.hf_source (a model loaded from a file or "
+                                     "a hub id); this model has none")
+            from transformers import AutoModelForCausalLM
+            try:
+                hf = AutoModelForCausalLM.from_pretrained(**source, dtype=self.model.dtype)
+            except Exception as e:
+                raise SpecbenchError(f"cannot load the Hugging Face baseline from {source}: "
+                                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+            self._hf = hf.to(self.model.device).eval().requires_grad_(False)
+        return self._hf
+
+    def options(self, method: str, options: dict) -> dict:
+        if method not in HF_METHODS:
+            raise SpecbenchError(f"unknown Hugging Face method {method!r}: choose one of {', '.join(HF_METHODS)}")
+        bad = [k for k in options if k not in HF_OPTIONS[method]]
+        if bad:
+            raise SpecbenchError(f"unknown option {bad[0]!r} for method {method!r} "
+                                 f"(options: {', '.join(HF_OPTIONS[method]) or 'none'})")
+        opts = dict(HF_METHODS[method])
+        opts.update(options)
+        if method == "hf_early_exit":
+            layers = int(self.hf_model().config.num_hidden_layers)
+            if "assistant_early_exit" not in options and opts["assistant_early_exit"] >= layers:
+                opts["assistant_early_exit"] = max(1, layers // 2)
+            n = opts["assistant_early_exit"]
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < layers:
+                raise SpecbenchError(f"assistant_early_exit must be an integer in [1, {layers - 1}], got {n!r}")
+        return opts
+
+    def generate(self, method: str, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, **options) -> HFOutput:
+        from transformers import GenerationConfig
+        opts = self.options(method, options)
+        hf = self.hf_model()
+        eos = list(eos_ids(self.model))
+        kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos or None,
+                      pad_token_id=eos[0] if eos else None, num_return_sequences=1)
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_k=top_k or None,
+                          top_p=top_p if top_p < 1 else None)
+        else:
+            kwargs.update(do_sample=False)
+        kwargs.update(opts)
+        gen_config = GenerationConfig(**kwargs)
+        device = self.model.device
+        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+        recorder = _StepRecorder() if method != "hf" else None
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        with torch.no_grad():
+            seq = hf.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                              generation_config=gen_config, streamer=recorder)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
+        new = [int(t) for t in seq[0, len(prompt_ids):].tolist()]
+        # a sequence that stopped at EOS ends there (HF pads nothing for a batch of one, but be safe)
+        eos_set = set(eos)
+        for j, t in enumerate(new):
+            if t in eos_set:
+                new = new[: j + 1]
+                break
+        if recorder is None:
+            accepted, steps = [1] * len(new), len(new)
+        elif sum(recorder.sizes) == len(new):
+            accepted, steps = list(recorder.sizes), len(recorder.sizes)
+        else:
+            accepted, steps = None, None
+        tok = getattr(self.model, "tokenizer", None)
+        text = tok.decode(new, skip_special_tokens=True) if tok is not None else ""
+        stats = {"new_tokens": len(new), "steps": steps, "accepted_lengths": accepted, "draft_tokens": None,
+                 "wall_time_s": wall, "lossless": True, "hf_options": opts}
+        return HFOutput(new, text, stats)

@@ -1,0 +1,147 @@
+"""The propose -> verify -> commit loop that every decoding strategy runs on.
+
+Cache convention: the target cache holds the K/V of every committed token except the last one, the
+*root*. Each step runs ONE target forward over [root, draft nodes, aux nodes]; the verifier picks
+the accepted path and the next token; the cache keeps root + accepted path; the next token becomes
+the new root. Vanilla decoding is the case of an empty draft.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .model import Transformer
+from .sampling import SamplingParams, process_logits
+from .tree import DraftTree, ancestor_mask, depths
+from .verify import TorchRandom, verify_tree
+
+
+@dataclass
+class DecodeContext:
+    """What a proposer may read: the committed sequence and the shared model state."""
+    model: Transformer
+    cache: "object"                 # the target's KVCache
+    tokens: list[int]               # prompt + committed new tokens; tokens[-1] is the root
+    prompt_len: int
+    params: SamplingParams
+    generator: torch.Generator
+    max_new_tokens: int
+
+    @property
+    def root(self) -> int:
+        return self.tokens[-1]
+
+
+@dataclass
+class StepResult:
+    """What the proposer hears after each step (as HF's update_candidate_strategy)."""
+    accepted: list[int]             # accepted draft node indices, root side first
+    tokens: list[int]               # tokens committed by this step; the last one is the new root
+    logits: torch.Tensor | None     # raw target logits of the forward, rows (root, nodes, aux)
+
+
+class Proposer:
+    """A decoding strategy: drafts token trees and hears what was accepted; never verifies."""
+    lossless: bool = True
+    max_nodes: int = 0              # most draft + aux nodes one step can add to the target forward
+
+    def begin(self, ctx: DecodeContext) -> None:
+        """Per-generation setup (own caches, n-gram pools), after the prompt is prefilled."""
+
+    def propose(self, ctx: DecodeContext) -> DraftTree:
+        raise NotImplementedError
+
+    def accept(self, ctx: DecodeContext, step: StepResult) -> None:
+        """Update own state after a step."""
+
+    def stats(self) -> dict:
+        """Method-specific statistics for GenerationOutput.stats."""
+        return {}
+
+
+@dataclass
+class EngineResult:
+    token_ids: list[int]
+    stats: dict = field(default_factory=dict)
+
+
+def step_inputs(root: int, tree: DraftTree, length: int, device):
+    """Tokens, positions and the [N, N] mask (None: root alone) of one forward over (root, nodes, aux)."""
+    n = tree.size
+    if n == 0 and tree.aux_tokens is None:
+        return torch.tensor([root], device=device), torch.tensor([length], device=device), None
+    tokens = [torch.tensor([root], device=device), tree.tokens.to(device)]
+    positions = [length + torch.cat([torch.zeros(1, dtype=torch.long), depths(tree.parents)])]
+    mask = ancestor_mask(tree.parents)
+    if tree.aux_tokens is not None:
+        m = int(tree.aux_tokens.numel())
+        full = torch.zeros(1 + n + m, 1 + n + m, dtype=torch.bool)
+        full[: 1 + n, : 1 + n] = mask
+        full[1 + n:, 0] = tree.aux_mask[:, 0]
+        full[1 + n:, 1 + n:] = tree.aux_mask[:, 1:]
+        mask = full
+        tokens.append(tree.aux_tokens.to(device))
+        positions.append(tree.aux_positions.cpu())
+    return torch.cat(tokens), torch.cat(positions).to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: SamplingParams,
+        max_new_tokens: int, seed: int, eos_ids: tuple[int, ...]) -> EngineResult:
+    device = model.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    rng = TorchRandom(generator)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+
+    cache = model.new_cache(len(prompt_ids) + max_new_tokens + proposer.max_nodes + 1)
+    ctx = DecodeContext(model, cache, list(prompt_ids), len(prompt_ids), params, generator, max_new_tokens)
+    if len(prompt_ids) > 1:   # prefill all but the root
+        prefix = torch.tensor(prompt_ids[:-1], device=device)
+        model(prefix, torch.arange(len(prefix), device=device), cache, stop_layer=model.args.num_layers)
+        cache.length = len(prefix)
+    proposer.begin(ctx)
+
+    new: list[int] = []
+    accepted_lengths: list[int] = []
+    draft_tokens: list[int] = []
+    eos = set(eos_ids)
+    while len(new) < max_new_tokens and not (new and new[-1] in eos):
+        tree = proposer.propose(ctx)
+        tokens, positions, mask = step_inputs(ctx.root, tree, cache.length, device)
+        out = model(tokens, positions, cache, mask,
+                    start_layer=tree.resume_layer, hidden=tree.resume_hidden)
+        p = process_logits(out.logits[: 1 + tree.size], params)
+        result = verify_tree(tree, p, params.greedy, rng)
+        cache.compact([0] + [1 + i for i in result.accepted])
+        committed = [int(t) for t in tree.tokens[result.accepted].tolist()] + [result.next_token]
+        draft_tokens.append(tree.size)
+        # stop at EOS or at the budget; tokens past them are dropped (a prefix of a lossless
+        # continuation is still lossless)
+        take = len(committed)
+        for j, t in enumerate(committed):
+            if t in eos:
+                take = j + 1
+                break
+        take = min(take, max_new_tokens - len(new))
+        new.extend(committed[:take])
+        ctx.tokens.extend(committed[:take])
+        accepted_lengths.append(take)
+        proposer.accept(ctx, StepResult(result.accepted, committed, out.logits))
+    sync()
+    wall = time.perf_counter() - start
+    stats = {
+        "new_tokens": len(new),
+        "steps": len(accepted_lengths),
+        "accepted_lengths": accepted_lengths,
+        "draft_tokens": draft_tokens,
+        "mean_accepted": sum(accepted_lengths) / max(1, len(accepted_lengths)),
+        "wall_time_s": wall,
+        "tokens_per_s": len(new) / wall if wall > 0 else 0.0,
+        "lossless": proposer.lossless,
+    }
+    stats.update(proposer.stats())
+    return EngineResult(new, stats)

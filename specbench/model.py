@@ -1,0 +1,282 @@
+"""A compact decoder for the Llama family (Llama, SmolLM2, Qwen2, Mistral) that owns its KV cache.
+
+One forward takes new tokens with explicit positions, cache slots and an attention mask among
+them, on top of whatever the cache already holds. That single entry point serves prefill, one-token
+decoding, chain and tree verification, early exit (`stop_layer`) and resuming from a layer
+(`start_layer` + `hidden`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention
+from .errors import SpecbenchError
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+
+
+@dataclass
+class ModelArgs:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None          # Hugging Face rope parameters when not plain RoPE
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False                    # Qwen2 has biases on q, k and v
+    max_position_embeddings: int = 2048
+    eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_hf_config(cls, cfg) -> "ModelArgs":
+        """Translate a transformers config; refuse architectures this core does not implement."""
+        model_type = getattr(cfg, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise SpecbenchError(
+                f"unsupported architecture {model_type!r}: specbench implements {', '.join(SUPPORTED_MODEL_TYPES)}")
+        rope = dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+        theta = rope.pop("rope_theta", None) or getattr(cfg, "rope_theta", None) or 10000.0
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        eos = getattr(cfg, "eos_token_id", None)
+        eos = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+        heads = cfg.num_attention_heads
+        return cls(
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_layers=cfg.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            rms_norm_eps=cfg.rms_norm_eps,
+            rope_theta=float(theta),
+            rope_scaling=None if rope_type == "default" else rope,
+            tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
+            qkv_bias=model_type == "qwen2" or bool(getattr(cfg, "attention_bias", False)),
+            max_position_embeddings=cfg.max_position_embeddings,
+            eos_token_ids=eos,
+        )
+
+
+def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
+    """Inverse frequencies, with Llama-3 or linear scaling when the config asks for it."""
+    d = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    scaling = args.rope_scaling
+    if scaling is None:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
+        return torch.where(mid, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+    raise SpecbenchError(f"unsupported RoPE scaling {kind!r}: specbench implements default, linear and llama3")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [n, heads, d]; cos/sin [n, 1, d/2]: rotate the two halves of each head (HF layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        q, kv = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
+        self.attn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.wqkv = nn.Linear(args.hidden_size, q + 2 * kv, bias=args.qkv_bias)   # fused q, k, v
+        self.wo = nn.Linear(q, args.hidden_size, bias=False)
+        self.ffn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.w13 = nn.Linear(args.hidden_size, 2 * args.intermediate_size, bias=False)  # gate, up
+        self.w2 = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+
+    def kv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q, k, v of x [n, D], with RoPE applied to q and k."""
+        a = self.args
+        qkv = self.wqkv(self.attn_norm(x))
+        q, k, v = qkv.split([a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim,
+                             a.num_kv_heads * a.head_dim], dim=-1)
+        q = apply_rope(q.view(-1, a.num_heads, a.head_dim), cos, sin)
+        k = apply_rope(k.view(-1, a.num_kv_heads, a.head_dim), cos, sin)
+        return q, k, v.view(-1, a.num_kv_heads, a.head_dim)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, slots, span, mask):
+        q, k, v = self.kv(x, cos, sin)
+        k_cache.index_copy_(1, slots, k.transpose(0, 1))   # cache layout [kv_heads, slots, d]
+        v_cache.index_copy_(1, slots, v.transpose(0, 1))
+        out = attention(q.transpose(0, 1), k_cache[:, :span], v_cache[:, :span], mask)
+        x = x + self.wo(out.transpose(0, 1).reshape(x.shape[0], -1))
+        gate, up = self.w13(self.ffn_norm(x)).chunk(2, dim=-1)
+        return x + self.w2(F.silu(gate) * up)
+
+
+class KVCache:
+    """A static cache allocated once per generation: [layers, kv_heads, max_len, head_dim].
+
+    `length` counts the committed entries (slots 0..length-1). Forwards write new entries at
+    explicit slots past it; the engine then keeps what was accepted with `compact` or `truncate`.
+    """
+
+    def __init__(self, args: ModelArgs, max_len: int, device, dtype):
+        shape = (args.num_layers, args.num_kv_heads, max_len, args.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0
+
+    def truncate(self, length: int) -> None:
+        """Discard everything from slot `length` on (rollback)."""
+        if not 0 <= length <= self.max_len:
+            raise ValueError(f"cannot truncate a cache of {self.max_len} slots to {length}")
+        self.length = length
+
+    def compact(self, keep: list[int]) -> None:
+        """Commit the new entries at offsets `keep` (ascending, relative to `length`) in order.
+
+        The accepted path of a token tree moves into the slots right after the committed ones; a
+        chain whose accepted prefix is already in place costs no copy.
+        """
+        start = self.length
+        if keep != list(range(len(keep))):
+            src = torch.tensor(keep, device=self.k.device) + start
+            dst = slice(start, start + len(keep))
+            self.k[:, :, dst] = self.k[:, :, src]
+            self.v[:, :, dst] = self.v[:, :, src]
+        self.length = start + len(keep)
+
+
+@dataclass
+class ForwardOut:
+    logits: torch.Tensor | None          # [n, V] (or [1, V] with last_only), None when stopped early
+    hidden: torch.Tensor                  # [n, D] residual stream where the forward stopped
+    layer_hidden: dict[int, torch.Tensor]  # requested layers' outputs (layer i = after i blocks)
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.num_layers))
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        if args.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.register_buffer("inv_freq", rope_inv_freq(args).float(), persistent=False)
+        self.tokenizer = None        # a Hugging Face tokenizer, when the model came with one
+        self.hf_source: dict | None = None   # from_pretrained kwargs that load the same weights in HF
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def new_cache(self, max_len: int) -> KVCache:
+        return KVCache(self.args, max_len, self.device, self.dtype)
+
+    def logits_from(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The shared final norm and LM head, on any layer's residual stream (early exit)."""
+        return self.lm_head(self.norm(hidden))
+
+    def rope(self, positions: torch.Tensor):
+        freqs = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]
+        return freqs.cos().to(self.dtype)[:, None, :], freqs.sin().to(self.dtype)[:, None, :]
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        mask: torch.Tensor | None = None,
+        *,
+        slots: torch.Tensor | None = None,
+        span: int | None = None,
+        start_layer: int = 0,
+        hidden: torch.Tensor | None = None,
+        stop_layer: int | None = None,
+        output_layers: tuple[int, ...] = (),
+        last_only: bool = False,
+    ) -> ForwardOut:
+        """Run new tokens [n] at `positions` [n] over the cache.
+
+        They are written at `slots` (default: right after the committed entries) and attend to the
+        first `span` slots (default: committed + new). `mask` is [n, n] among the new tokens (they
+        must then be the last n slots of the span) or [n, span]; None means causal among the new
+        tokens. `start_layer` with `hidden` [n, D] resumes a forward that `stop_layer` cut short.
+        """
+        n = tokens.shape[0]
+        if slots is None:
+            slots = torch.arange(cache.length, cache.length + n, device=tokens.device)
+        if span is None:
+            span = cache.length + n
+        mask = self.full_mask(mask, n, span, tokens.device)
+        cos, sin = self.rope(positions)
+        x = self.embed(tokens) if start_layer == 0 else hidden
+        stop = self.args.num_layers if stop_layer is None else stop_layer
+        layer_hidden = {}
+        for i in range(start_layer, stop):
+            x = self.layers[i](x, cos, sin, cache.k[i], cache.v[i], slots, span, mask)
+            if i + 1 in output_layers:
+                layer_hidden[i + 1] = x
+        if stop_layer is not None:   # early exit or prefill: the caller needs no logits
+            return ForwardOut(None, x, layer_hidden)
+        logits = self.logits_from(x[-1:] if last_only else x)
+        return ForwardOut(logits, x, layer_hidden)
+
+    @staticmethod
+    def full_mask(mask: torch.Tensor | None, n: int, span: int, device) -> torch.Tensor | None:
+        """[n, span] boolean mask, or None when every new token may see every slot."""
+        if mask is None:
+            if n == 1:
+                return None
+            mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        if mask.shape[-1] == span:
+            return mask
+        if mask.shape != (n, n):
+            raise ValueError(f"mask must be [{n}, {n}] or [{n}, {span}], got {list(mask.shape)}")
+        return torch.cat([torch.ones(n, span - n, dtype=torch.bool, device=device), mask], dim=1)
+
+    def propagate_kv(self, hidden: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                     slots: torch.Tensor, from_layer: int) -> None:
+        """Fill layers >= from_layer with K/V computed from an exited token's hidden state.
+
+        Confidence early exit skips the upper layers for a token; later tokens still attend to it
+        there, so its state is copied up (as in CALM) at the price of the K/V projections only.
+        """
+        cos, sin = self.rope(positions)
+        for i in range(from_layer, self.args.num_layers):
+            _, k, v = self.layers[i].kv(hidden, cos, sin)
+            cache.k[i].index_copy_(1, slots, k.transpose(0, 1))
+            cache.v[i].index_copy_(1, slots, v.transpose(0, 1))

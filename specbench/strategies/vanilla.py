@@ -1,0 +1,10 @@
+"""Vanilla decoding: the empty draft, so every step commits exactly the target's own token."""
+from __future__ import annotations
+
+from ..engine import DecodeContext, Proposer
+from ..tree import DraftTree
+
+
+class Vanilla(Proposer):
+    def propose(self, ctx: DecodeContext) -> DraftTree:
+        return DraftTree.empty(ctx.model.device)

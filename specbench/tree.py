@@ -1,0 +1,67 @@
+"""Token trees: what a proposer hands the engine.
+
+Node 0 of every forward is the *root*: the last committed token, whose K/V are not yet in the cache.
+Draft nodes are numbered 0..n-1 in topological order (a parent comes before its children) and
+siblings in priority order; `parents[i] == -1` marks a child of the root. A chain is the tree with
+parents = [-1, 0, 1, ...].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class DraftTree:
+    tokens: torch.Tensor                   # [n] long, drafted tokens
+    parents: torch.Tensor                  # [n] long, parent node index, -1 = child of the root
+    # [n, V]: q[i] is the (processed) draft distribution node i was *sampled* from. None means the
+    # draft is deterministic (a lookup or a top-k pick), which the verifier treats as a one-hot q.
+    q: torch.Tensor | None = None
+    # Work the proposer already did on the target for root + nodes, so verification need not redo
+    # it: the residual stream after `resume_layer` layers, [1 + n, hidden]. Early exit uses this.
+    resume_layer: int = 0
+    resume_hidden: torch.Tensor | None = None
+    # Extra nodes scored in the same forward but never candidates (lookahead's Jacobi window).
+    # aux_positions [m] are absolute positions; aux_mask [m, 1 + m] says which of (root, aux nodes)
+    # each aux node sees (it always sees the committed cache and never the draft nodes).
+    aux_tokens: torch.Tensor | None = None
+    aux_positions: torch.Tensor | None = None
+    aux_mask: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)   # proposer statistics for this step (e.g. exit layer)
+
+    @property
+    def size(self) -> int:
+        return int(self.tokens.numel())
+
+    @staticmethod
+    def chain(tokens: torch.Tensor, q: torch.Tensor | None = None) -> "DraftTree":
+        n = int(tokens.numel())
+        return DraftTree(tokens=tokens, parents=torch.arange(-1, n - 1, device=tokens.device), q=q)
+
+    @staticmethod
+    def empty(device: torch.device | str = "cpu") -> "DraftTree":
+        e = torch.zeros(0, dtype=torch.long, device=device)
+        return DraftTree(tokens=e, parents=e.clone())
+
+
+def depths(parents: torch.Tensor) -> torch.Tensor:
+    """Depth of each draft node below the root (children of the root have depth 1)."""
+    out: list[int] = []
+    for p in parents.tolist():
+        out.append(1 if p < 0 else out[p] + 1)
+    return torch.tensor(out, dtype=torch.long)
+
+
+def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
+    """[1 + n, 1 + n] bool over (root, nodes): True where column is an ancestor-or-self of row."""
+    n = int(parents.numel())
+    mask = torch.zeros(1 + n, 1 + n, dtype=torch.bool)
+    mask[:, 0] = True
+    for i, p in enumerate(parents.tolist()):
+        row = i + 1
+        if p >= 0:
+            mask[row] = mask[p + 1]
+        mask[row, row] = True
+    return mask
