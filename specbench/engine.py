@@ -111,13 +111,18 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
     eos = set(eos_ids)
     while len(new) < max_new_tokens and not (new and new[-1] in eos):
         tree = proposer.propose(ctx)
-        tokens, positions, mask = step_inputs(ctx.root, tree, cache.length, device)
-        out = model(tokens, positions, cache, mask,
-                    start_layer=tree.resume_layer, hidden=tree.resume_hidden)
-        p = process_logits(out.logits[: 1 + tree.size], params)
-        result = verify_tree(tree, p, params.greedy, rng)
-        cache.compact([0] + [1 + i for i in result.accepted])
-        committed = [int(t) for t in tree.tokens[result.accepted].tolist()] + [result.next_token]
+        if tree.decided is not None:     # a lossy proposer committed the root itself
+            assert not proposer.lossless, "only lossy proposers may skip verification"
+            cache.length += 1
+            accepted, committed, logits = [], [tree.decided], None
+        else:
+            tokens, positions, mask = step_inputs(ctx.root, tree, cache.length, device)
+            logits = model(tokens, positions, cache, mask,
+                           start_layer=tree.resume_layer, hidden=tree.resume_hidden).logits
+            result = verify_tree(tree, process_logits(logits[: 1 + tree.size], params), params.greedy, rng)
+            cache.compact([0] + [1 + i for i in result.accepted])
+            accepted = result.accepted
+            committed = [int(t) for t in tree.tokens[accepted].tolist()] + [result.next_token]
         draft_tokens.append(tree.size)
         # stop at EOS or at the budget; tokens past them are dropped (a prefix of a lossless
         # continuation is still lossless)
@@ -130,7 +135,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
         new.extend(committed[:take])
         ctx.tokens.extend(committed[:take])
         accepted_lengths.append(take)
-        proposer.accept(ctx, StepResult(result.accepted, committed, out.logits))
+        proposer.accept(ctx, StepResult(accepted, committed, logits))
     sync()
     wall = time.perf_counter() - start
     stats = {

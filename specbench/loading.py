@@ -151,7 +151,7 @@ def load_model(path: str | os.PathLike | None = None, device: str = "cpu", dtype
 def random_model(vocab_size: int = 16, num_layers: int = 2, hidden_size: int = 32, num_heads: int = 4,
                  num_kv_heads: int = 2, seed: int = 0, intermediate_size: int | None = None,
                  qkv_bias: bool = False, dtype: str | torch.dtype = "float32",
-                 max_position_embeddings: int = 512, logit_scale: float = 6.0) -> Transformer:
+                 max_position_embeddings: int = 512, logit_scale: float = 3.0) -> Transformer:
     """Random weights, no tokenizer: a model for tests.
 
     The LM head is scaled by `logit_scale` so next-token distributions are peaked (entropy well

@@ -50,6 +50,14 @@ class ModelArgs:
         eos = getattr(cfg, "eos_token_id", None)
         eos = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
         heads = cfg.num_attention_heads
+        if getattr(cfg, "mlp_bias", False) or (model_type != "qwen2" and getattr(cfg, "attention_bias", False)):
+            raise SpecbenchError("unsupported checkpoint: biases on o_proj or the MLP (attention_bias / mlp_bias) "
+                                 "are not implemented")
+        # no sliding-window attention here: cap the context at the window, where it is exact
+        window = getattr(cfg, "sliding_window", None)
+        if model_type == "qwen2" and not getattr(cfg, "use_sliding_window", False):
+            window = None
+        context = min(cfg.max_position_embeddings, window) if window else cfg.max_position_embeddings
         return cls(
             vocab_size=cfg.vocab_size,
             hidden_size=cfg.hidden_size,
@@ -62,8 +70,8 @@ class ModelArgs:
             rope_theta=float(theta),
             rope_scaling=None if rope_type == "default" else rope,
             tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
-            qkv_bias=model_type == "qwen2" or bool(getattr(cfg, "attention_bias", False)),
-            max_position_embeddings=cfg.max_position_embeddings,
+            qkv_bias=model_type == "qwen2",
+            max_position_embeddings=context,
             eos_token_ids=eos,
         )
 
@@ -202,6 +210,15 @@ class Transformer(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(bfloat16 / float16) would round the RoPE frequencies, and rope() the positions with
+        # them (bfloat16 holds integers exactly only up to 256): keep them in float32 or wider
+        inv_freq = self.inv_freq
+        super()._apply(fn, *args, **kwargs)
+        if self.inv_freq.dtype not in (torch.float32, torch.float64):
+            self.inv_freq = inv_freq.to(device=self.inv_freq.device)
+        return self
 
     def new_cache(self, max_len: int) -> KVCache:
         return KVCache(self.args, max_len, self.device, self.dtype)

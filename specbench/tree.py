@@ -7,7 +7,7 @@ parents = [-1, 0, 1, ...].
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -29,7 +29,9 @@ class DraftTree:
     aux_tokens: torch.Tensor | None = None
     aux_positions: torch.Tensor | None = None
     aux_mask: torch.Tensor | None = None
-    info: dict = field(default_factory=dict)   # proposer statistics for this step (e.g. exit layer)
+    # Set only by LOSSY proposers: the next token, chosen without target verification; the proposer
+    # has already written the root's K/V into the target cache itself.
+    decided: int | None = None
 
     @property
     def size(self) -> int:

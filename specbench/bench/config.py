@@ -19,6 +19,7 @@ A config file (see ``experiments/*.yaml``) holds any of these keys (defaults in 
     seed: 0
     repeats: 1                  # every (question, method) this many times, same seed
     warmup_tokens: 16           # length of the untimed warm-up generation of every method
+    threads: null               # torch CPU threads during the run (null: torch's default)
     methods:                    # a list of labels, or a mapping label -> options
       vanilla: {}
       pld: {max_ngram: 3, num_draft: 10}
@@ -70,6 +71,7 @@ DEFAULTS: dict = {
     "seed": 0,
     "repeats": 1,
     "warmup_tokens": 16,
+    "threads": None,
     "methods": ["vanilla"],
 }
 
@@ -234,9 +236,9 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
         raise SpecbenchError(f"unknown config key{'s' if len(unknown) > 1 else ''} "
                              f"{', '.join(map(repr, unknown))} (known: {', '.join(DEFAULTS)})")
     cfg = copy.deepcopy(DEFAULTS)
-    cfg.update({k: v for k, v in raw.items() if v is not None or k in ("categories", "limit", "limit_per_category", "model", "draft")})
+    cfg.update({k: v for k, v in raw.items() if v is not None})
 
-    for key in ("limit", "limit_per_category"):
+    for key in ("limit", "limit_per_category", "threads"):
         _check_int(cfg, key, lo=1, allow_none=True)
     for key, lo in (("max_new_tokens", 1), ("top_k", 0), ("seed", None), ("repeats", 1), ("warmup_tokens", 0)):
         _check_int(cfg, key, lo=lo)

@@ -50,7 +50,6 @@ SHAREGPT_HELDOUT_SALT = "specbench-sharegpt-heldout-v1:"
 SHAREGPT_HELDOUT_BUCKETS = 50          # 1 bucket in 50 is held out: about 2 % of conversations
 SHAREGPT_MAX_CHARS = 4000              # longer first turns are held out but not benchmarked
 
-Turn = "str | list[int]"
 
 
 @dataclass

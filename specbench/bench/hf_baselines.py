@@ -3,16 +3,16 @@
 Methods and options (defaults):
 
 ``hf``             plain `model.generate` (greedy at temperature 0, else sampling).
-``hf_pld``         prompt lookup decoding: ``prompt_lookup_num_tokens`` (10),
-                   ``max_matching_ngram_size`` (transformers' default, 2).
+``hf_pld``         prompt lookup decoding: ``prompt_lookup_num_tokens`` (10) and
+                   ``max_matching_ngram_size`` (3; transformers' own default is 2): the defaults of
+                   specbench's ``pld`` (num_draft=10, max_ngram=3), so the two compare like for like.
 ``hf_early_exit``  self-speculation with the first ``assistant_early_exit`` layers as the draft
-                   (`EarlyExitCandidateGenerator`, transformers >= 4.47): default 6 layers, or half
-                   the layers when the model has 6 or fewer (transformers needs it below the
-                   layer count). The draft is the same LM head on an intermediate residual stream,
-                   which models not trained for early exit (like SmolLM2) serve poorly: this is a
-                   protocol baseline, not a tuned one. Also ``num_assistant_tokens`` (transformers'
-                   default 20), ``num_assistant_tokens_schedule`` ("constant" in transformers 5),
-                   ``assistant_confidence_threshold``.
+                   (`EarlyExitCandidateGenerator`, transformers >= 4.47). Defaults mirror
+                   specbench's ``early_exit``: half the layers (15 of SmolLM2-135M's 30) and
+                   ``num_assistant_tokens`` 4 with the "constant" schedule (transformers' defaults
+                   are 20, constant). The draft is the LM head on an intermediate residual stream,
+                   which models not trained for early exit (like SmolLM2) serve poorly: a protocol
+                   baseline, not a tuned one. Also ``assistant_confidence_threshold`` (HF's 0.4).
 
 The HF model is loaded with ``AutoModelForCausalLM.from_pretrained(**model.hf_source)`` in the
 dtype and on the device of the specbench model, once per run, and shared by the three methods.
@@ -37,8 +37,9 @@ from specbench.errors import SpecbenchError
 
 HF_METHODS: dict[str, dict] = {
     "hf": {},
-    "hf_pld": {"prompt_lookup_num_tokens": 10},
-    "hf_early_exit": {"assistant_early_exit": 6},
+    "hf_pld": {"prompt_lookup_num_tokens": 10, "max_matching_ngram_size": 3},
+    "hf_early_exit": {"assistant_early_exit": None, "num_assistant_tokens": 4,
+                      "num_assistant_tokens_schedule": "constant"},   # None: half the layers
 }
 HF_OPTIONS: dict[str, tuple[str, ...]] = {
     "hf": (),
@@ -113,7 +114,7 @@ class HFBaselines:
         opts.update(options)
         if method == "hf_early_exit":
             layers = int(self.hf_model().config.num_hidden_layers)
-            if "assistant_early_exit" not in options and opts["assistant_early_exit"] >= layers:
+            if opts["assistant_early_exit"] is None:
                 opts["assistant_early_exit"] = max(1, layers // 2)
             n = opts["assistant_early_exit"]
             if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < layers:

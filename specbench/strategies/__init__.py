@@ -5,10 +5,18 @@ import inspect
 
 from ..engine import Proposer
 from ..errors import SpecbenchError
+from .early_exit import EarlyExit
+from .lookahead import Lookahead
+from .pld import PromptLookup
+from .sps import DraftModel
 from .vanilla import Vanilla
 
 STRATEGIES: dict[str, type[Proposer]] = {
     "vanilla": Vanilla,
+    "pld": PromptLookup,
+    "sps": DraftModel,
+    "early_exit": EarlyExit,
+    "lookahead": Lookahead,
 }
 
 

@@ -1,0 +1,173 @@
+"""Per-method and per-method x category statistics, the way Spec-Bench's speed.py computes them.
+
+* The unit is one question of one repeat: its tokens/s is the sum of its answers' new tokens over
+  the sum of their wall times (all turns, as speed.py sums ``new_tokens`` and ``wall_time`` over
+  a question's turns).
+* ``tokens_per_s`` of a method is the mean over units of that figure; ``speedup`` is it divided by
+  the same mean of the reference vanilla (within the category for the category rows). Without a
+  vanilla in the run, speedup is null.
+* ``mean_accepted`` is the mean of all accepted lengths of the method pooled (tokens committed per
+  step, bonus included: 1.0 for vanilla), null where unknown.
+* ``exact_match`` is the share of answers token-identical to vanilla's answer to the same
+  question, turn and repeat (null without vanilla).
+* ``lossless`` is false when any answer's stats said the method is not lossless; lossy methods
+  carry " [lossy]" after their label in every printed table and plot.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["method", "base_method", "options", "lossless", "category", "questions", "answers",
+           "new_tokens_mean", "wall_time_s", "tokens_per_s", "speedup", "mean_accepted", "exact_match"]
+ALL = "all"
+
+
+def is_lossy(lossless) -> bool:
+    """True only for a definite False (None/NaN: unknown)."""
+    if lossless is None or (isinstance(lossless, float) and math.isnan(lossless)):
+        return False
+    return not bool(lossless)
+
+
+def display_label(label: str, lossless) -> str:
+    return f"{label} [lossy]" if is_lossy(lossless) else label
+
+
+def _units(rows: list[dict]) -> dict:
+    """(question_id, repeat) -> [tokens, seconds, category]."""
+    units: dict = {}
+    for a in rows:
+        key = (json.dumps(a["question_id"]), int(a.get("repeat", 0)))
+        u = units.setdefault(key, [0, 0.0, a["category"]])
+        u[0] += int(a["new_tokens"])
+        u[1] += float(a["wall_time_s"])
+    return units
+
+
+def _tps(rows: list[dict]) -> float:
+    speeds = [tok / sec for tok, sec, _ in _units(rows).values() if sec > 0]
+    return float(np.mean(speeds)) if speeds else math.nan
+
+
+def _stats(rows: list[dict], ref_rows: list[dict] | None) -> dict:
+    tps = _tps(rows)
+    ref = _tps(ref_rows) if ref_rows else math.nan
+    acc = [x for a in rows if a.get("accepted_lengths") is not None for x in a["accepted_lengths"]]
+    known_acc = all(a.get("accepted_lengths") is not None for a in rows)
+    matches = [bool(a["matches_vanilla"]) for a in rows if a.get("matches_vanilla") is not None]
+    return {
+        "questions": len(_units(rows)),
+        "answers": len(rows),
+        "new_tokens_mean": float(np.mean([a["new_tokens"] for a in rows])) if rows else math.nan,
+        "wall_time_s": float(sum(a["wall_time_s"] for a in rows)),
+        "tokens_per_s": tps,
+        "speedup": tps / ref if ref and not math.isnan(ref) and ref > 0 else math.nan,
+        "mean_accepted": float(np.mean(acc)) if acc and known_acc else math.nan,
+        "exact_match": float(np.mean(matches)) if matches else math.nan,
+    }
+
+
+def summarize(answers: list[dict], methods: list[dict], reference: str | None) -> pd.DataFrame:
+    """One row per method label with category "all", then one per (label, category)."""
+    by_label: dict[str, list[dict]] = {m["label"]: [] for m in methods}
+    for a in answers:
+        by_label.setdefault(a["method"], []).append(a)
+    categories = list(dict.fromkeys(a["category"] for a in answers))
+    ref_rows = by_label.get(reference) if reference else None
+    meta = {m["label"]: m for m in methods}
+    records = []
+    for category in [ALL] + categories:
+        for label, rows in by_label.items():
+            rows_c = rows if category == ALL else [a for a in rows if a["category"] == category]
+            if not rows_c:
+                continue
+            refs_c = None
+            if ref_rows:
+                refs_c = ref_rows if category == ALL else [a for a in ref_rows if a["category"] == category]
+            flags = [a.get("lossless") for a in rows]
+            lossless = False if any(f is False for f in flags) else (True if flags and all(f is True for f in flags) else None)
+            m = meta.get(label, {"method": rows[0].get("base_method", label), "options": rows[0].get("options", {})})
+            records.append({"method": label, "base_method": m["method"],
+                            "options": json.dumps(m["options"], sort_keys=True), "lossless": lossless,
+                            "category": category, **_stats(rows_c, refs_c)})
+    df = pd.DataFrame.from_records(records, columns=COLUMNS)
+    df["lossless"] = pd.Series([r["lossless"] for r in records], dtype=object, index=df.index)
+    return df
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+def _fmt(v, kind: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if kind == "x":
+        return f"{v:.2f}x"
+    if kind == "pct":
+        return f"{100 * v:.0f}%"
+    if kind == "f2":
+        return f"{v:.2f}"
+    if kind == "f1":
+        return f"{v:.1f}"
+    if kind == "bool":
+        return "LOSSY" if is_lossy(v) else ("yes" if v is not None else "-")
+    return str(v)
+
+
+TABLE_COLUMNS = [("method", "method", None), ("tok/s", "tokens_per_s", "f1"), ("speedup", "speedup", "x"),
+                 ("mean acc.", "mean_accepted", "f2"), ("exact match", "exact_match", "pct"),
+                 ("lossless", "lossless", "bool"), ("answers", "answers", None), ("new tok.", "new_tokens_mean", "f1")]
+
+
+def _table_rows(df: pd.DataFrame, with_category: bool) -> tuple[list[str], list[list[str]]]:
+    header = (["category"] if with_category else []) + [h for h, _, _ in TABLE_COLUMNS]
+    rows = []
+    for rec in df.to_dict("records"):
+        cells = [rec["category"]] if with_category else []
+        for _, key, kind in TABLE_COLUMNS:
+            if key == "method":
+                cells.append(display_label(rec["method"], rec["lossless"]))
+            else:
+                cells.append(_fmt(rec[key], kind))
+        rows.append(cells)
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def overall_table(df: pd.DataFrame) -> str:
+    return markdown_table(*_table_rows(df[df["category"] == ALL], False))
+
+
+def category_table(df: pd.DataFrame) -> str:
+    sub = df[df["category"] != ALL]
+    return markdown_table(*_table_rows(sub, True))
+
+
+def markdown_report(df: pd.DataFrame, cfg: dict, reference: str | None) -> str:
+    model = cfg.get("model") or "default (SmolLM2-135M-Instruct GGUF)"
+    lines = [f"# Benchmark {cfg.get('name') or ''}".rstrip(), "",
+             f"- model: {model}, device {cfg['device']}, dtype {cfg['dtype']}",
+             f"- dataset: {cfg['dataset']} (turns {cfg['turns']}, limit {cfg['limit']}, "
+             f"categories {', '.join(cfg['categories']) if cfg['categories'] else 'all'})",
+             f"- max_new_tokens {cfg['max_new_tokens']}, temperature {cfg['temperature']}, top_k {cfg['top_k']}, "
+             f"top_p {cfg['top_p']}, seed {cfg['seed']}, repeats {cfg['repeats']}",
+             f"- speedup: mean over questions of tokens/s, divided by the same for `{reference}`"
+             if reference else "- speedup: no vanilla in this run", "",
+             "## All questions", "", overall_table(df), ""]
+    if (df["category"] != ALL).any() and df[df["category"] != ALL]["category"].nunique() > 0:
+        lines += ["## Per category", "", category_table(df), ""]
+    lines += ["## Method options", ""]
+    for m in cfg["methods"]:
+        lines.append(f"- `{m['label']}`: {m['method']} {json.dumps(m['options'], sort_keys=True)}")
+    lines.append("")
+    return "\n".join(lines)

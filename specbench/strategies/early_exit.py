@@ -1,0 +1,98 @@
+"""Early exit: the first layers of the target, with its shared final norm and LM head, as the draft.
+
+mode="self_speculative" (lossless, as LayerSkip / Draft&Verify): draft `num_draft` tokens with the
+first `exit_layer` layers; their K/V and residual streams stay, so verification resumes at
+`exit_layer` instead of recomputing the early layers.
+mode="confidence" (LOSSY, as CALM): each token leaves at the first candidate layer whose top
+probability reaches that layer's threshold and is committed unverified; the layers it skipped get
+K/V from its exit state (state propagation) so later tokens can attend to it.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..engine import DecodeContext, Proposer
+from ..errors import SpecbenchError
+from ..model import Transformer
+from ..sampling import process_logits, sample
+from ..tree import DraftTree
+
+
+class EarlyExit(Proposer):
+    def __init__(self, model: Transformer, mode: str = "self_speculative", exit_layer: int | None = None,
+                 num_draft: int = 4, exit_layers: list[int] | None = None,
+                 thresholds: float | list[float] = 0.9):
+        layers = model.args.num_layers
+        if mode not in ("self_speculative", "confidence"):
+            raise SpecbenchError(f"early_exit mode must be 'self_speculative' or 'confidence', got {mode!r}")
+        if num_draft < 1:
+            raise SpecbenchError(f"num_draft must be >= 1, got {num_draft}")
+        self.mode, self.num_draft = mode, num_draft
+        self.exit_layer = exit_layer if exit_layer is not None else max(1, layers // 2)
+        self.exit_layers = sorted(exit_layers) if exit_layers is not None else \
+            sorted({max(1, layers * k // 4) for k in (1, 2, 3)})
+        for layer in ([self.exit_layer] if mode == "self_speculative" else self.exit_layers):
+            if not 1 <= layer <= layers - 1:
+                raise SpecbenchError(f"exit layer {layer} is outside 1..{layers - 1}")
+        if isinstance(thresholds, (int, float)):
+            thresholds = [float(thresholds)] * len(self.exit_layers)
+        if len(thresholds) != len(self.exit_layers) or not all(0 < t <= 1 for t in thresholds):
+            raise SpecbenchError("thresholds must be one value in (0, 1] or one per exit layer")
+        self.thresholds = list(thresholds)
+        self.lossless = mode == "self_speculative"
+        self.max_nodes = num_draft if self.lossless else 0
+        self.exits: list[int] = []
+
+    def propose(self, ctx: DecodeContext) -> DraftTree:
+        return self._draft(ctx) if self.lossless else self._confident_token(ctx)
+
+    def _one_token(self, ctx: DecodeContext, token: torch.Tensor, offset: int, start_layer: int,
+                   hidden: torch.Tensor | None, stop_layer: int):
+        """Run one token at slot/position cache.length + offset through layers [start, stop)
+        (`hidden` is its residual stream at `start_layer` when that is not 0)."""
+        model, pos = ctx.model, ctx.cache.length + offset
+        where = torch.tensor([pos], device=model.device)
+        return model(token.view(1), where, ctx.cache, None, slots=where, span=pos + 1,
+                     start_layer=start_layer, hidden=hidden, stop_layer=stop_layer).hidden
+
+    def _draft(self, ctx: DecodeContext) -> DraftTree:
+        model, k = ctx.model, self.exit_layer
+        token = torch.tensor(ctx.root, device=model.device)
+        hidden, tokens, qs = [], [], []
+        for i in range(self.num_draft + 1):      # the extra pass takes the last draft to layer k
+            h = self._one_token(ctx, token, i, 0, None, k)
+            hidden.append(h)
+            if i == self.num_draft:
+                break
+            q = process_logits(model.logits_from(h)[0], ctx.params)
+            token = q.argmax() if ctx.params.greedy else sample(q, ctx.generator)
+            tokens.append(token)
+            qs.append(q)
+        tree = DraftTree.chain(torch.stack(tokens), torch.stack(qs))
+        tree.resume_layer, tree.resume_hidden = k, torch.cat(hidden)
+        return tree
+
+    def _confident_token(self, ctx: DecodeContext) -> DraftTree:
+        model = ctx.model
+        token = torch.tensor(ctx.root, device=model.device)
+        h, layer = None, 0
+        for stop, threshold in zip(self.exit_layers + [model.args.num_layers], self.thresholds + [0.0]):
+            h = self._one_token(ctx, token, 0, layer, h, stop)
+            layer = stop
+            logits = model.logits_from(h)[0]
+            if layer == model.args.num_layers or bool(torch.softmax(logits.float(), -1).max() >= threshold):
+                break
+        if layer < model.args.num_layers:
+            pos = torch.tensor([ctx.cache.length], device=model.device)
+            model.propagate_kv(h, pos, ctx.cache, pos, layer)
+        self.exits.append(layer)
+        q = process_logits(logits, ctx.params)
+        nxt = q.argmax() if ctx.params.greedy else sample(q, ctx.generator)
+        tree = DraftTree.empty(model.device)
+        tree.decided = int(nxt)
+        return tree
+
+    def stats(self) -> dict:
+        if self.lossless:
+            return {"exit_layer": self.exit_layer}
+        return {"mean_exit_layer": sum(self.exits) / max(1, len(self.exits))}

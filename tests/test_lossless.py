@@ -1,0 +1,108 @@
+"""Proofs 2 and 4: end-to-end output distributions of every strategy against exact vanilla.
+
+Each check samples the first 3 tokens N_SAMPLES times with seeds 0..N-1 on a random float64 model
+(vocabulary 16) and applies a chi-square test at ALPHA = 1e-3 against the exact vanilla joint
+distribution. Seeds are fixed, so results are deterministic; a correct implementation would fail a
+given check with probability 1e-3. Power is shown by negative controls: an always-accepting
+verifier and the lossy confidence early exit must both fail the very same check.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import specbench
+import specbench.engine
+from specbench.sampling import SamplingParams
+from specbench.verify import VerifyResult
+from lossless import ALPHA, fit_pvalue, sample_counts, single_thread, vanilla_joint
+
+N_SAMPLES = 1200
+LENGTH = 3
+PROMPT = [1, 2, 3, 1, 2, 3, 1, 2]   # repeats, so prompt lookup drafts from the first step on
+
+
+@pytest.fixture(scope="module")
+def target():
+    return specbench.random_model(vocab_size=16, num_layers=3, hidden_size=32, seed=1, dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def draft():
+    return specbench.random_model(vocab_size=16, num_layers=1, hidden_size=32, seed=2, dtype="float64")
+
+
+def method_options(method: str, draft) -> dict:
+    return {"pld": {"max_ngram": 3, "num_draft": 4},
+            "sps": {"draft": draft, "num_draft": 3},
+            "early_exit": {"exit_layer": 1, "num_draft": 3},
+            "lookahead": {}}[method]
+
+
+LOSSLESS = ["pld", "sps", "early_exit"] + (["lookahead"] if "lookahead" in __import__("specbench.strategies", fromlist=["STRATEGIES"]).STRATEGIES else [])
+
+
+def check(target, method, params, **options):
+    with single_thread():
+        exact = vanilla_joint(target, PROMPT, params, LENGTH)
+        counts, stats = sample_counts(target, PROMPT, method, params, N_SAMPLES, LENGTH, **options)
+    return fit_pvalue(counts, exact), stats
+
+
+@pytest.mark.parametrize("method", LOSSLESS)
+@settings(max_examples=2)
+@given(temperature=st.sampled_from([0.7, 1.0, 1.4]), top_k=st.sampled_from([0, 5]),
+       top_p=st.sampled_from([1.0, 0.8]))
+def test_sampling_matches_vanilla(target, draft, method, temperature, top_k, top_p):
+    params = SamplingParams(temperature, top_k, top_p)
+    pvalue, stats = check(target, method, params, **method_options(method, draft))
+    drafted = sum(sum(s["draft_tokens"]) for s in stats)
+    multi = sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats)
+    assert drafted > 0 and multi > 0, "the check is vacuous: nothing was drafted or accepted"
+    assert pvalue > ALPHA, f"{method} output distribution differs from vanilla (p = {pvalue:.2e})"
+
+
+def test_vanilla_matches_enumeration(target):
+    pvalue, _ = check(target, "vanilla", SamplingParams(1.0))
+    assert pvalue > ALPHA
+
+
+def always_accept(tree, p, greedy, rng):
+    """A broken verifier: accepts the whole first chain, then samples the bonus from the target."""
+    path, row = [], 0
+    while True:
+        kids = [i for i, par in enumerate(tree.parents.tolist()) if par == row - 1]
+        if not kids:
+            return VerifyResult(path, rng.categorical(p[row]))
+        path.append(kids[0])
+        row = kids[0] + 1
+
+
+def test_negative_control_broken_verifier_fails(target, draft, monkeypatch):
+    monkeypatch.setattr(specbench.engine, "verify_tree", always_accept)
+    pvalue, _ = check(target, "sps", SamplingParams(1.0), draft=draft, num_draft=3)
+    assert pvalue < ALPHA
+
+
+def test_confidence_early_exit_is_lossy(target):
+    """The lossy label is earned: the same check rejects confidence-based early exit."""
+    pvalue, stats = check(target, "early_exit", SamplingParams(1.0), mode="confidence",
+                          exit_layers=[1, 2], thresholds=0.3)
+    assert stats[0]["lossless"] is False
+    assert pvalue < ALPHA
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_identical_float64(draft, seed):
+    target = specbench.random_model(vocab_size=16, num_layers=3, hidden_size=32, seed=10 + seed, dtype="float64")
+    prompt = [(seed + i) % 5 for i in range(12)]
+    with single_thread():
+        vanilla = specbench.generate(target, prompt, max_new_tokens=40).token_ids
+        for method in LOSSLESS:
+            for options in (method_options(method, draft), {"num_draft": 1} if method != "lookahead" else {}):
+                opts = {**method_options(method, draft), **options}
+                out = specbench.generate(target, prompt, method=method, max_new_tokens=40, **opts)
+                assert out.token_ids == vanilla, (method, opts)
+                assert out.stats["lossless"] is True
