@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .cuda_graph import graphed_decode
 from .model import Transformer
 from .sampling import SamplingParams, process_logits
 from .tree import DraftTree, ancestor_mask, depths
@@ -97,7 +98,11 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
     sync()
     start = time.perf_counter()
 
-    cache = model.new_cache(len(prompt_ids) + max_new_tokens + proposer.max_nodes + 1)
+    max_len = len(prompt_ids) + max_new_tokens + proposer.max_nodes + 1
+    if device.type == "cuda":   # steps with nothing drafted replay a captured graph
+        cache, decode = graphed_decode(model, max_len)
+    else:
+        cache, decode = model.new_cache(max_len), None
     ctx = DecodeContext(model, cache, list(prompt_ids), len(prompt_ids), params, generator, max_new_tokens)
     if len(prompt_ids) > 1:   # prefill all but the root
         prefix = torch.tensor(prompt_ids[:-1], device=device)
@@ -116,9 +121,12 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
             cache.length += 1
             accepted, committed, logits = [], [tree.decided], None
         else:
-            tokens, positions, mask = step_inputs(ctx.root, tree, cache.length, device)
-            logits = model(tokens, positions, cache, mask,
-                           start_layer=tree.resume_layer, hidden=tree.resume_hidden).logits
+            if decode is not None and tree.size == 0 and tree.aux_tokens is None:
+                logits = decode(ctx.root, cache.length)
+            else:
+                tokens, positions, mask = step_inputs(ctx.root, tree, cache.length, device)
+                logits = model(tokens, positions, cache, mask,
+                               start_layer=tree.resume_layer, hidden=tree.resume_hidden).logits
             result = verify_tree(tree, process_logits(logits[: 1 + tree.size], params), params.greedy, rng)
             cache.compact([0] + [1 + i for i in result.accepted])
             accepted = result.accepted
