@@ -1,54 +1,114 @@
-"""The one-token decode forward captured once in a CUDA graph.
+"""Target forwards captured in CUDA graphs, for every method's steps on the GPU.
 
-At batch 1 a small model's step is dominated by kernel launches (the GPU idles between ~300 small
-kernels). The step is therefore written with static shapes (the whole static cache as the
-attention span, masked by position) and no host synchronisation, captured once, and replayed.
+At batch 1 a small model's forward is dominated by kernel launches (~35 small kernels per layer),
+whether it scores 1 token or 64. Each forward shape (new tokens padded to a bucket, start and stop
+layer) is therefore compiled once with torch.compile (which fuses norms, RoPE and SiLU into a few
+Triton kernels), captured in a CUDA graph over a static cache and the whole cache as attention span
+(masked), and replayed. Nothing inside a replay synchronises with the host.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
 from .model import KVCache, Transformer
 
+BUCKETS = (1, 4, 16, 64, 256)
 
-class GraphedDecode:
+
+def bucket(n: int) -> int:
+    for b in BUCKETS:
+        if n <= b:
+            return b
+    raise ValueError(f"a forward over {n} new tokens exceeds the largest graph bucket {BUCKETS[-1]}")
+
+
+class GraphedForward:
+    """One captured forward shape: `n` padded new tokens, layers [start_layer, stop_layer)."""
+
+    def __init__(self, model: Transformer, cache: KVCache, n: int, start_layer: int,
+                 stop_layer: int | None, compile: bool, pool):
+        self.model, self.cache, self.n = model, cache, n
+        self.start_layer, self.stop_layer = start_layer, stop_layer
+        device, size = model.device, cache.max_len
+        self.tokens = torch.zeros(n, dtype=torch.long, device=device)
+        self.positions = torch.zeros(n, dtype=torch.long, device=device)
+        # warm-up and capture write to the last slots, never used by a generation in progress
+        self.slots = torch.arange(size - n, size, device=device)
+        self.mask = torch.ones(n, size, dtype=torch.bool, device=device)
+        self.hidden = torch.zeros(n, model.args.hidden_size, dtype=model.dtype, device=device)
+        step = torch.compile(self._forward, dynamic=False) if compile else self._forward
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):       # warm-up outside the graph (compilation, cuBLAS handles)
+                step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.out = step()
+
+    def _forward(self) -> torch.Tensor:
+        out = self.model(self.tokens, self.positions, self.cache, self.mask, slots=self.slots,
+                         span=self.cache.max_len, start_layer=self.start_layer,
+                         hidden=self.hidden if self.start_layer else None, stop_layer=self.stop_layer)
+        return out.hidden if self.stop_layer is not None else out.logits
+
+
+class GraphedModel:
+    """A model's static cache and its captured forwards, kept across generations (capturing and
+    compiling costs seconds; SPECBENCH_COMPILE=0 captures the plain PyTorch forward instead)."""
+
     def __init__(self, model: Transformer, max_len: int):
         self.model = model
         self.cache = model.new_cache(max_len)
-        device = model.device
-        self.token = torch.zeros(1, dtype=torch.long, device=device)
-        self.pos = torch.zeros(1, dtype=torch.long, device=device)
-        self.all_slots = torch.arange(max_len, device=device)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(2):       # warm-up outside the graph (allocator, cuBLAS handles)
-                self._forward()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
-            self.logits = self._forward()
+        self.graphs: dict[tuple, GraphedForward] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+        self.compile = os.environ.get("SPECBENCH_COMPILE", "1") != "0"
+        # every captured shape compiles `GraphedForward._forward` anew; a benchmark of several
+        # methods needs more than dynamo's default of 8 compilations of one function
+        torch._dynamo.config.recompile_limit = 256
+        torch._dynamo.config.accumulated_recompile_limit = 4096
+        self.all_slots = torch.arange(max_len, device=model.device)
 
-    def _forward(self) -> torch.Tensor:
-        mask = (self.all_slots <= self.pos)[None]
-        return self.model(self.token, self.pos, self.cache, mask, slots=self.pos,
-                          span=self.cache.max_len).logits
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+                offset: int = 0, start_layer: int = 0, hidden: torch.Tensor | None = None,
+                stop_layer: int | None = None) -> torch.Tensor:
+        """DecodeContext.forward's contract, replayed: new tokens at slots from length + offset,
+        seeing every slot before them; returns a copy of the logits (or hidden states)."""
+        n, length = tokens.shape[0], self.cache.length + offset
+        b = bucket(n)
+        key = (b, start_layer, stop_layer)
+        if key not in self.graphs:
+            self.graphs[key] = GraphedForward(self.model, self.cache, b, start_layer, stop_layer,
+                                              self.compile, self.pool)
+        g = self.graphs[key]
+        g.tokens[:n].copy_(tokens, non_blocking=True)
+        g.positions[:n].copy_(positions, non_blocking=True)
+        g.positions[n:] = 0
+        g.slots.copy_(self.all_slots[length:length + b])   # pads write past the real tokens
+        g.mask.copy_((self.all_slots < length).expand(b, -1))
+        new = g.mask[:, length:length + b]
+        if mask is None:
+            new.copy_(torch.ones(b, b, dtype=torch.bool, device=new.device).tril())
+        else:
+            new.fill_(False)
+            new[:n, :n] = mask
+            new[n:, n:] = torch.eye(b - n, dtype=torch.bool, device=new.device)  # pads see themselves
+        if start_layer:
+            g.hidden[:n].copy_(hidden)
+        g.graph.replay()
+        return g.out[:n].clone()
 
-    def __call__(self, token: int, position: int) -> torch.Tensor:
-        """Logits [1, V] of `token` at `position` (its K/V land in slot `position`)."""
-        self.token.fill_(token)
-        self.pos.fill_(position)
-        self.graph.replay()
-        return self.logits
 
-
-def graphed_decode(model: Transformer, max_len: int) -> tuple[KVCache, GraphedDecode]:
-    """A captured decode step with its own static cache, reused across generations on one model
-    (capture takes ~0.1 s; the cache size is rounded up to 512 so a few graphs serve all lengths)."""
-    size = -(-max_len // 512) * 512
-    graphs = model.__dict__.setdefault("_decode_graphs", {})
+def graphed_model(model: Transformer, max_len: int) -> GraphedModel:
+    """The model's graphs for a cache of at least max_len slots (sizes rounded up to 1024)."""
+    size = -(-(max_len + BUCKETS[-1]) // 1024) * 1024
+    graphs = model.__dict__.setdefault("_graphed", {})
     if size not in graphs:
-        graphs[size] = GraphedDecode(model, size)
-    graph = graphs[size]
-    graph.cache.length = 0
-    return graph.cache, graph
+        graphs[size] = GraphedModel(model, size)
+    graphed = graphs[size]
+    graphed.cache.length = 0
+    return graphed

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cuda_graph import graphed_decode
-from .model import Transformer
+from .cuda_graph import BUCKETS, GraphedModel, graphed_model
+from .model import KVCache, Transformer
 from .sampling import SamplingParams, process_logits
 from .tree import DraftTree, ancestor_mask, depths
 from .verify import TorchRandom, verify_tree
@@ -23,16 +23,32 @@ from .verify import TorchRandom, verify_tree
 class DecodeContext:
     """What a proposer may read: the committed sequence and the shared model state."""
     model: Transformer
-    cache: "object"                 # the target's KVCache
+    cache: KVCache                  # the target's cache
     tokens: list[int]               # prompt + committed new tokens; tokens[-1] is the root
     prompt_len: int
     params: SamplingParams
     generator: torch.Generator
     max_new_tokens: int
+    graphed: GraphedModel | None = None   # captured forwards over `cache`, on CUDA
 
     @property
     def root(self) -> int:
         return self.tokens[-1]
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
+                offset: int = 0, start_layer: int = 0, hidden: torch.Tensor | None = None,
+                stop_layer: int | None = None) -> torch.Tensor:
+        """A target forward over new tokens written from slot cache.length + offset on, seeing all
+        slots before them and each other through `mask` [n, n] (None: causal). Returns logits
+        [n, V], or the residual stream [n, D] after `stop_layer`. Replays a CUDA graph on GPU."""
+        n = tokens.shape[0]
+        if self.graphed is not None and n <= BUCKETS[-1]:
+            return self.graphed.forward(tokens, positions, mask, offset, start_layer, hidden, stop_layer)
+        base = self.cache.length + offset
+        out = self.model(tokens, positions, self.cache, mask,
+                         slots=torch.arange(base, base + n, device=tokens.device), span=base + n,
+                         start_layer=start_layer, hidden=hidden, stop_layer=stop_layer)
+        return out.hidden if stop_layer is not None else out.logits
 
 
 @dataclass
@@ -99,11 +115,10 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
     start = time.perf_counter()
 
     max_len = len(prompt_ids) + max_new_tokens + proposer.max_nodes + 1
-    if device.type == "cuda":   # steps with nothing drafted replay a captured graph
-        cache, decode = graphed_decode(model, max_len)
-    else:
-        cache, decode = model.new_cache(max_len), None
-    ctx = DecodeContext(model, cache, list(prompt_ids), len(prompt_ids), params, generator, max_new_tokens)
+    graphed = graphed_model(model, max_len) if device.type == "cuda" else None
+    cache = graphed.cache if graphed is not None else model.new_cache(max_len)
+    ctx = DecodeContext(model, cache, list(prompt_ids), len(prompt_ids), params, generator,
+                        max_new_tokens, graphed)
     if len(prompt_ids) > 1:   # prefill all but the root
         prefix = torch.tensor(prompt_ids[:-1], device=device)
         model(prefix, torch.arange(len(prefix), device=device), cache, stop_layer=model.args.num_layers)
@@ -121,12 +136,9 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
             cache.length += 1
             accepted, committed, logits = [], [tree.decided], None
         else:
-            if decode is not None and tree.size == 0 and tree.aux_tokens is None:
-                logits = decode(ctx.root, cache.length)
-            else:
-                tokens, positions, mask = step_inputs(ctx.root, tree, cache.length, device)
-                logits = model(tokens, positions, cache, mask,
-                               start_layer=tree.resume_layer, hidden=tree.resume_hidden).logits
+            tokens, positions, mask = step_inputs(ctx.root, tree, cache.length, device)
+            logits = ctx.forward(tokens, positions, mask, start_layer=tree.resume_layer,
+                                 hidden=tree.resume_hidden)
             result = verify_tree(tree, process_logits(logits[: 1 + tree.size], params), params.greedy, rng)
             cache.compact([0] + [1 + i for i in result.accepted])
             accepted = result.accepted

@@ -96,7 +96,7 @@ def known_methods() -> dict[str, list[str] | None]:
         pass
     for name in SPECBENCH_METHODS:
         out.setdefault(name, None)
-    for name, defaults in hf_baselines.HF_METHODS.items():
+    for name in hf_baselines.HF_METHODS:
         out[name] = list(hf_baselines.HF_OPTIONS[name])
     return out
 

@@ -8,8 +8,8 @@ Methods and options (defaults):
                    specbench's ``pld`` (num_draft=10, max_ngram=3), so the two compare like for like.
 ``hf_early_exit``  self-speculation with the first ``assistant_early_exit`` layers as the draft
                    (`EarlyExitCandidateGenerator`, transformers >= 4.47). Defaults mirror
-                   specbench's ``early_exit``: half the layers (15 of SmolLM2-135M's 30) and
-                   ``num_assistant_tokens`` 4 with the "constant" schedule (transformers' defaults
+                   specbench's ``early_exit``: 4/5 of the layers (24 of SmolLM2-135M's 30) and
+                   ``num_assistant_tokens`` 3 with the "constant" schedule (transformers' defaults
                    are 20, constant). The draft is the LM head on an intermediate residual stream,
                    which models not trained for early exit (like SmolLM2) serve poorly: a protocol
                    baseline, not a tuned one. Also ``assistant_confidence_threshold`` (HF's 0.4).
@@ -38,8 +38,8 @@ from specbench.errors import SpecbenchError
 HF_METHODS: dict[str, dict] = {
     "hf": {},
     "hf_pld": {"prompt_lookup_num_tokens": 10, "max_matching_ngram_size": 3},
-    "hf_early_exit": {"assistant_early_exit": None, "num_assistant_tokens": 4,
-                      "num_assistant_tokens_schedule": "constant"},   # None: half the layers
+    "hf_early_exit": {"assistant_early_exit": None, "num_assistant_tokens": 3,
+                      "num_assistant_tokens_schedule": "constant"},   # None: 4/5 of the layers
 }
 HF_OPTIONS: dict[str, tuple[str, ...]] = {
     "hf": (),
@@ -95,11 +95,17 @@ class HFBaselines:
                 raise SpecbenchError("the hf* methods need model.hf_source (a model loaded from a file or "
                                      "a hub id); this model has none")
             from transformers import AutoModelForCausalLM
+            from transformers.utils import logging as hf_logging
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
             try:
                 hf = AutoModelForCausalLM.from_pretrained(**source, dtype=self.model.dtype)
             except Exception as e:
                 raise SpecbenchError(f"cannot load the Hugging Face baseline from {source}: "
                                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
             self._hf = hf.to(self.model.device).eval().requires_grad_(False)
         return self._hf
 
@@ -115,7 +121,7 @@ class HFBaselines:
         if method == "hf_early_exit":
             layers = int(self.hf_model().config.num_hidden_layers)
             if opts["assistant_early_exit"] is None:
-                opts["assistant_early_exit"] = max(1, layers // 2)
+                opts["assistant_early_exit"] = max(1, (4 * layers) // 5)   # as early_exit's default
             n = opts["assistant_early_exit"]
             if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < layers:
                 raise SpecbenchError(f"assistant_early_exit must be an integer in [1, {layers - 1}], got {n!r}")

@@ -46,7 +46,8 @@ def speedup_plot(summary: pd.DataFrame, path: Path) -> Path:
         return _empty(path, "no timing data")
     order = [ALL] + [c for c in dict.fromkeys(df["category"]) if c != ALL]
     n_methods = df["label"].nunique()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(order) * max(1, n_methods) + 2), 4.5))
+    width = min(20.0, max(6.0, 0.22 * len(order) * max(1, n_methods) + 3))
+    fig, ax = plt.subplots(figsize=(width, 4.5))
     sns.barplot(data=df, x="category", y=metric, hue="label", order=order, ax=ax)
     if metric == "speedup":
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")

@@ -157,8 +157,10 @@ def markdown_report(df: pd.DataFrame, cfg: dict, reference: str | None) -> str:
     model = cfg.get("model") or "default (SmolLM2-135M-Instruct GGUF)"
     lines = [f"# Benchmark {cfg.get('name') or ''}".rstrip(), "",
              f"- model: {model}, device {cfg['device']}, dtype {cfg['dtype']}",
-             f"- dataset: {cfg['dataset']} (turns {cfg['turns']}, limit {cfg['limit']}, "
-             f"categories {', '.join(cfg['categories']) if cfg['categories'] else 'all'})",
+             f"- dataset: {cfg['dataset']} (turns {cfg['turns']}, "
+             f"categories {', '.join(cfg['categories']) if cfg.get('categories') else 'all'}"
+             + (f", at most {cfg['limit_per_category']} per category" if cfg.get("limit_per_category") else "")
+             + (f", at most {cfg['limit']} questions" if cfg.get("limit") else "") + ")",
              f"- max_new_tokens {cfg['max_new_tokens']}, temperature {cfg['temperature']}, top_k {cfg['top_k']}, "
              f"top_p {cfg['top_p']}, seed {cfg['seed']}, repeats {cfg['repeats']}",
              f"- speedup: mean over questions of tokens/s, divided by the same for `{reference}`"

@@ -20,7 +20,7 @@ from ..tree import DraftTree
 
 class EarlyExit(Proposer):
     def __init__(self, model: Transformer, mode: str = "self_speculative", exit_layer: int | None = None,
-                 num_draft: int = 4, exit_layers: list[int] | None = None,
+                 num_draft: int = 3, exit_layers: list[int] | None = None,
                  thresholds: float | list[float] = 0.9):
         layers = model.args.num_layers
         if mode not in ("self_speculative", "confidence"):
@@ -28,7 +28,10 @@ class EarlyExit(Proposer):
         if num_draft < 1:
             raise SpecbenchError(f"num_draft must be >= 1, got {num_draft}")
         self.mode, self.num_draft = mode, num_draft
-        self.exit_layer = exit_layer if exit_layer is not None else max(1, layers // 2)
+        # default: 4/5 of the depth. Models not trained for early exit (SmolLM2) draft poorly from
+        # shallow layers: on 10 MT-bench turns, 3 drafts, mean accepted 1.08 / 1.41 / 1.64 / 1.84
+        # at exit layer 12 / 22 / 25 / 27 of 30 (README, "Choosing defaults")
+        self.exit_layer = exit_layer if exit_layer is not None else max(1, (4 * layers) // 5)
         self.exit_layers = sorted(exit_layers) if exit_layers is not None else \
             sorted({max(1, layers * k // 4) for k in (1, 2, 3)})
         for layer in ([self.exit_layer] if mode == "self_speculative" else self.exit_layers):
@@ -47,13 +50,11 @@ class EarlyExit(Proposer):
         return self._draft(ctx) if self.lossless else self._confident_token(ctx)
 
     def _one_token(self, ctx: DecodeContext, token: torch.Tensor, offset: int, start_layer: int,
-                   hidden: torch.Tensor | None, stop_layer: int):
+                   hidden: torch.Tensor | None, stop_layer: int) -> torch.Tensor:
         """Run one token at slot/position cache.length + offset through layers [start, stop)
         (`hidden` is its residual stream at `start_layer` when that is not 0)."""
-        model, pos = ctx.model, ctx.cache.length + offset
-        where = torch.tensor([pos], device=model.device)
-        return model(token.view(1), where, ctx.cache, None, slots=where, span=pos + 1,
-                     start_layer=start_layer, hidden=hidden, stop_layer=stop_layer).hidden
+        pos = torch.tensor([ctx.cache.length + offset], device=ctx.model.device)
+        return ctx.forward(token.view(1), pos, None, offset, start_layer, hidden, stop_layer)
 
     def _draft(self, ctx: DecodeContext) -> DraftTree:
         model, k = ctx.model, self.exit_layer

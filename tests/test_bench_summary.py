@@ -1,0 +1,101 @@
+"""Summary math on synthetic answers (Spec-Bench's speedup), tables, plots, Spec-Bench layout."""
+import math
+
+import pytest
+
+from specbench.bench import plots, specbench_format, summary
+
+
+def ans(qid, cat, method, tokens, secs, turn=1, acc=None, match=None, lossless=True, repeat=0):
+    return {"question_id": qid, "category": cat, "turn": turn, "repeat": repeat, "method": method,
+            "new_tokens": tokens, "wall_time_s": secs, "accepted_lengths": acc, "matches_vanilla": match,
+            "lossless": lossless, "text": "t", "steps": len(acc) if acc else None}
+
+
+METHODS = [{"label": "vanilla", "method": "vanilla", "options": {}},
+           {"label": "pld", "method": "pld", "options": {"num_draft": 4}},
+           {"label": "ee", "method": "early_exit", "options": {}},
+           {"label": "hf_pld", "method": "hf_pld", "options": {}}]
+
+
+@pytest.fixture
+def answers():
+    return [
+        # question 1 (cat x): two turns, summed before dividing (Spec-Bench's per-question speed)
+        ans(1, "x", "vanilla", 10, 1.0, 1, [1] * 10, True), ans(1, "x", "vanilla", 30, 1.0, 2, [1] * 30, True),
+        ans(1, "x", "pld", 20, 0.5, 1, [2] * 10, True), ans(1, "x", "pld", 20, 0.5, 2, [4] * 5, False),
+        ans(1, "x", "ee", 40, 1.0, 1, [3, 1], False, lossless=False),
+        ans(1, "x", "hf_pld", 40, 0.4, 1, None, True),
+        # question 2 (cat y)
+        ans(2, "y", "vanilla", 10, 1.0, 1, [1] * 10, True),
+        ans(2, "y", "pld", 10, 0.25, 1, [5, 5], True),
+        ans(2, "y", "ee", 10, 2.0, 1, [1] * 10, True, lossless=False),
+        ans(2, "y", "hf_pld", 10, 0.5, 1, None, True),
+    ]
+
+
+def row(df, method, category="all"):
+    return df[(df.method == method) & (df.category == category)].iloc[0]
+
+
+def test_speedup_is_ratio_of_mean_tokens_per_second(answers):
+    df = summary.summarize(answers, METHODS, "vanilla")
+    v = (40 / 2.0 + 10 / 1.0) / 2          # 15 tok/s
+    p = (40 / 1.0 + 10 / 0.25) / 2         # 40 tok/s
+    assert row(df, "vanilla").tokens_per_s == pytest.approx(v)
+    assert row(df, "pld").tokens_per_s == pytest.approx(p)
+    assert row(df, "pld").speedup == pytest.approx(p / v)
+    assert row(df, "vanilla").speedup == pytest.approx(1.0)
+    # per category: the same ratio within the category
+    assert row(df, "pld", "x").speedup == pytest.approx((40 / 1.0) / (40 / 2.0))
+    assert row(df, "pld", "y").speedup == pytest.approx((10 / 0.25) / 10.0)
+    # pooled accepted lengths; exact-match share of answers
+    assert row(df, "pld").mean_accepted == pytest.approx((20 + 20 + 10) / (10 + 5 + 2))
+    assert row(df, "pld").exact_match == pytest.approx(2 / 3)
+    assert row(df, "vanilla").mean_accepted == 1.0
+    assert math.isnan(row(df, "hf_pld").mean_accepted)
+    assert row(df, "ee").lossless is False and row(df, "pld").lossless is True
+    assert row(df, "pld").questions == 2 and row(df, "pld").answers == 3
+
+
+def test_repeats_are_separate_units():
+    a = [ans(1, "x", "vanilla", 10, 1.0, repeat=0), ans(1, "x", "vanilla", 10, 0.5, repeat=1)]
+    df = summary.summarize(a, METHODS[:1], "vanilla")
+    assert row(df, "vanilla").tokens_per_s == pytest.approx((10 + 20) / 2)
+
+
+def test_tables_mark_lossy_and_unknowns(answers):
+    df = summary.summarize(answers, METHODS, "vanilla")
+    table = summary.overall_table(df)
+    assert "ee [lossy]" in table and "LOSSY" in table
+    hf_line = next(line for line in table.splitlines() if line.startswith("| hf_pld"))
+    assert " - " in hf_line
+    cats = summary.category_table(df)
+    assert "| x " in cats and "| y " in cats and "ee [lossy]" in cats
+    md = summary.markdown_report(df, {"name": "t", "model": None, "device": "cpu", "dtype": "float32",
+                                      "dataset": "d", "turns": 1, "limit": None, "categories": None,
+                                      "max_new_tokens": 8, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
+                                      "seed": 0, "repeats": 1, "methods": METHODS}, "vanilla")
+    assert "## Per category" in md and "ee [lossy]" in md
+
+
+def test_plots_are_written(answers, tmp_path):
+    df = summary.summarize(answers, METHODS, "vanilla")
+    p1 = plots.speedup_plot(df, tmp_path / "speedup.png")
+    p2 = plots.accepted_lengths_plot(answers, tmp_path / "acc.png", {"ee": False})
+    for p in (p1, p2):
+        assert p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 1000
+    empty = plots.accepted_lengths_plot([ans(1, "x", "hf", 1, 1.0)], tmp_path / "none.png")
+    assert empty.is_file()
+
+
+def test_specbench_layout(answers):
+    lines = specbench_format.to_specbench(answers, "pld")
+    assert [l["question_id"] for l in lines] == [1, 2]
+    c = lines[0]["choices"][0]
+    assert c["new_tokens"] == [20, 20] and c["wall_time"] == [0.5, 0.5] and c["accept_lengths"] == [2] * 10 + [4] * 5
+    # speed.py's arithmetic on this layout gives our tokens/s
+    speeds = [sum(l["choices"][0]["new_tokens"]) / sum(l["choices"][0]["wall_time"]) for l in lines]
+    df = summary.summarize(answers, METHODS, "vanilla")
+    assert sum(speeds) / len(speeds) == pytest.approx(row(df, "pld").tokens_per_s)
+    assert specbench_format.to_specbench(answers, "hf_pld")[0]["choices"][0]["accept_lengths"] == []
