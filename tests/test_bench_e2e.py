@@ -32,7 +32,7 @@ def test_random_model_all_methods(tmp_path, qfile):
     cfg = {"dataset": str(qfile), "max_new_tokens": 8, "warmup_tokens": 2, "draft": "target",
            "methods": {"vanilla": {}, "pld": {"max_ngram": 2, "num_draft": 4}, "sps": {"num_draft": 2},
                        "early_exit": {"exit_layer": 1}, "calm": {"method": "early_exit", "mode": "confidence"},
-                       "lookahead": {"window": 3, "ngram": 3}}}
+                       "lookahead": {"W": 3, "N": 3}}}
     res = run_benchmark(cfg, tmp_path / "res", model=model, progress=False)
     assert len(res.answers) == 2 * 2 * 6
     for a in res.answers:

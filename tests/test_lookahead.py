@@ -211,9 +211,9 @@ def check_cache(ctx):
     torch.testing.assert_close(on_cache, logits, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("seed,options", [(0, dict(window=3, ngram=4, guess_set=3)),
-                                          (1, dict(window=2, ngram=2, guess_set=2)),
-                                          (2, dict(window=4, ngram=3, guess_set=4, prompt_ngrams=False))])
+@pytest.mark.parametrize("seed,options", [(0, dict(W=3, N=4, G=3)),
+                                          (1, dict(W=2, N=2, G=2)),
+                                          (2, dict(W=4, N=3, G=4, prompt_ngrams=False))])
 def test_every_row_exact_and_cache_clean(seed, options):
     model = tiny(seed)
     prompt = [3, 1, 4, 1, 5, 3, 1, 4, 1, 5, 3, 1]
@@ -232,9 +232,9 @@ PROMPTS = [[1, 2, 3, 4, 1, 2, 3, 4, 1, 2],
            [5, 9, 5, 9, 5, 9, 2, 7, 5, 9],
            [0, 3, 8, 1, 12, 0, 3, 8, 6, 0, 3],
            [7, 7, 7, 7, 2, 11]]
-CONFIGS = [dict(), dict(window=1, ngram=2, guess_set=1), dict(window=3, ngram=3, guess_set=3),
-           dict(window=5, ngram=4, guess_set=2, prompt_ngrams=False), dict(window=4, ngram=6, guess_set=5),
-           dict(window=3, ngram=3, guess_set=0)]
+CONFIGS = [dict(), dict(W=1, N=2, G=1), dict(W=3, N=3, G=3),
+           dict(W=5, N=4, G=2, prompt_ngrams=False), dict(W=4, N=6, G=5),
+           dict(W=3, N=3, G=0)]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -262,40 +262,41 @@ def test_eos_and_budget_stop():
     vanilla = specbench.generate(model, prompt, max_new_tokens=30).token_ids
     eos = vanilla[17]
     cut = vanilla[: vanilla.index(eos) + 1]
-    proposer = Lookahead(window=3, ngram=3, guess_set=3)
+    proposer = Lookahead(W=3, N=3, G=3)
     with torch.inference_mode():
         out = engine.run(model, proposer, prompt, SamplingParams(), 30, seed=0, eos_ids=(eos,))
     assert out.token_ids == cut
     for budget in (1, 2, 7):
-        out = specbench.generate(model, prompt, method="lookahead", max_new_tokens=budget, window=3, ngram=3)
+        out = specbench.generate(model, prompt, method="lookahead", max_new_tokens=budget, W=3, N=3)
         assert out.token_ids == vanilla[:budget]
 
 
 def test_sampling_runs_and_is_seeded():
     model = tiny(0)
-    kw = dict(method="lookahead", max_new_tokens=30, temperature=0.8, top_k=5, window=3, ngram=3, guess_set=3)
+    kw = dict(method="lookahead", max_new_tokens=30, temperature=0.8, top_k=5, W=3, N=3, G=3)
     a = specbench.generate(model, PROMPTS[0], seed=4, **kw)
     b = specbench.generate(model, PROMPTS[0], seed=4, **kw)
     assert a.token_ids == b.token_ids and len(a.token_ids) == 30
 
 
 def test_options_are_checked():
-    for bad in (dict(window=0), dict(ngram=1), dict(guess_set=-1), dict(window=2.5)):
+    for bad in (dict(W=0), dict(N=1), dict(G=-1), dict(W=2.5)):
         with pytest.raises(SpecbenchError):
             make_proposer("lookahead", None, **bad)
     with pytest.raises(SpecbenchError, match="unknown option"):
         make_proposer("lookahead", None, level=5)
-    p = make_proposer("lookahead", None, window=7, ngram=5, guess_set=7)
+    p = make_proposer("lookahead", None, W=7, N=5, G=7)
     assert p.max_nodes == 7 * 4 + 4 * 7 - 1
 
 
 def test_stats():
-    out = specbench.generate(tiny(0), PROMPTS[0], method="lookahead", max_new_tokens=30, window=3, ngram=3)
+    out = specbench.generate(tiny(0), PROMPTS[0], method="lookahead", max_new_tokens=30, W=3, N=3)
     s = out.stats
     assert s["lookahead_pool_ngrams"] > 0 and s["lookahead_pool_keys"] > 0
     assert s["lookahead_hit_steps"] <= s["lookahead_guess_steps"] <= s["steps"]
-    assert s["lookahead_guess_tokens_accepted"] == out.stats["new_tokens"] - s["steps"]
-    assert s["lookahead_warmup_steps"] == 1 and s["lookahead_config"]["window"] == 3
+    # (>=: a step cut short by the budget commits fewer tokens than it accepted)
+    assert s["lookahead_guess_tokens_accepted"] >= out.stats["new_tokens"] - s["steps"] > 0
+    assert s["lookahead_warmup_steps"] == 1   # N - 2 steps fill the window
 
 
 # ---- the default model ------------------------------------------------------------------------
@@ -309,7 +310,7 @@ DEFAULT_PROMPTS = [
 
 def test_default_model_greedy_identical_and_accepts(default_model):
     # a smaller window than the default keeps this CPU test fast; the layout code is the same
-    options = dict(window=4, ngram=4, guess_set=4)
+    options = dict(W=4, N=4, G=4)
     for i, prompt in enumerate(DEFAULT_PROMPTS):
         vanilla = specbench.generate(default_model, prompt, max_new_tokens=48)
         out = specbench.generate(default_model, prompt, method="lookahead", max_new_tokens=48, **options)

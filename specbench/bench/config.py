@@ -23,7 +23,7 @@ A config file (see ``experiments/*.yaml``) holds any of these keys (defaults in 
     methods:                    # a list of labels, or a mapping label -> options
       vanilla: {}
       pld: {max_ngram: 3, num_draft: 10}
-      lookahead_w7: {method: lookahead, window: 7}     # a label with its method
+      lookahead_w7: {method: lookahead, W: 7}          # a label with its method
       pld_sweep:                                       # one variant per value (a grid over keys)
         method: pld
         max_ngram: 3

@@ -122,12 +122,13 @@ class Lookahead(Proposer):
     seed: for the guesses that fill the window's new columns (never the verifier's generator).
     """
 
-    def __init__(self, window: int = 7, ngram: int = 5, guess_set: int = 7,
-                 prompt_ngrams: bool = True, seed: int = 0):
-        for name, value, low in (("window", window, 1), ("ngram", ngram, 2), ("guess_set", guess_set, 0)):
+    def __init__(self, W: int = 7, N: int = 5, G: int = 7, prompt_ngrams: bool = True, seed: int = 0):
+        # the paper's names: window W, n-gram size N, guess set G
+        for name, value, low in (("W", W, 1), ("N", N, 2), ("G", G, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise SpecbenchError(f"lookahead: {name} must be an integer >= {low}, got {value!r}")
-        self.window, self.ngram, self.guess_set = window, ngram, guess_set
+        self.window, self.ngram, self.guess_set = W, N, G
+        window, ngram, guess_set = W, N, G
         self.prompt_ngrams = bool(prompt_ngrams)
         self.seed = seed
         # draft trie (G n-grams of N - 1 tokens) + window (W - 1 + (N - 2) * W aux nodes)
@@ -207,6 +208,4 @@ class Lookahead(Proposer):
         s = {f"lookahead_{k}": v for k, v in self._stats.items()}
         s["lookahead_pool_ngrams"] = len(self.pool)
         s["lookahead_pool_keys"] = len(self.pool.table)
-        s["lookahead_config"] = {"window": self.window, "ngram": self.ngram, "guess_set": self.guess_set,
-                                 "prompt_ngrams": self.prompt_ngrams}
         return s
