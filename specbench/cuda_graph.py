@@ -2,7 +2,7 @@
 
 At batch 1 a small model's forward is dominated by kernel launches (~35 small kernels per layer),
 whether it scores 1 token or 64. Each forward shape (new tokens padded to a bucket, start and stop
-layer) is therefore compiled once with torch.compile (which fuses norms, RoPE and SiLU into a few
+layer) is therefore compiled with torch.compile (which fuses norms, RoPE and SiLU into a few
 Triton kernels), captured in a CUDA graph over a static cache and the whole cache as attention span
 (masked), and replayed. Nothing inside a replay synchronises with the host.
 """
@@ -38,7 +38,9 @@ class GraphedForward:
         self.slots = torch.arange(size - n, size, device=device)
         self.mask = torch.ones(n, size, dtype=torch.bool, device=device)
         self.hidden = torch.zeros(n, model.args.hidden_size, dtype=model.dtype, device=device)
-        step = torch.compile(self._forward, dynamic=False) if compile else self._forward
+        # dynamo's automatic dynamic shapes: the first shape compiles static (the decode step), a
+        # second one recompiles with a symbolic token count that later buckets share
+        step = torch.compile(self._forward) if compile else self._forward
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
