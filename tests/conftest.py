@@ -1,6 +1,11 @@
 import os
 
+import torch
 from hypothesis import settings
+
+# The suite runs on one torch thread: on a 2-core machine with any other load, two OpenMP threads
+# make small forwards up to 100x slower, and one thread keeps test times predictable.
+torch.set_num_threads(1)
 
 # "ci" is deterministic, so a red test stays red; "slow" searches wider (HYPOTHESIS_PROFILE=slow).
 settings.register_profile("ci", derandomize=True, max_examples=150, deadline=None)

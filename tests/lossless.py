@@ -77,13 +77,3 @@ def fit_pvalue(counts: Counter, exact: dict[tuple, float]) -> float:
     expected = [e * sum(observed) / sum(expected) for e in expected]  # exact sums to 1 up to rounding
     return float(chisquare(observed, expected).pvalue)
 
-
-class single_thread:
-    """Tiny models run ~5x faster on one thread than with torch's default on a loaded 2-core box."""
-
-    def __enter__(self):
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.before)

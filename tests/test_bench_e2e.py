@@ -8,14 +8,6 @@ import specbench
 from specbench.bench import run_benchmark
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny matrices: several OpenMP threads only spin against each other (and against other jobs)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def qfile(tmp_path):

@@ -21,14 +21,6 @@ TOL = 1e-9
 MAX_LEN = 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two threads on a shared 2-core machine can make a tiny forward 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 MODELS = [
     specbench.random_model(vocab_size=16, num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, seed=0,

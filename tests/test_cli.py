@@ -20,14 +20,6 @@ WORDS = ["[UNK]", "</s>"] + ("the a cat dog sat on mat and ran to house red blue
 CONTEXT = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two threads on a shared 2-core machine can make a forward 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):

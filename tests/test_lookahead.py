@@ -17,17 +17,9 @@ from specbench import engine
 from specbench.errors import SpecbenchError
 from specbench.sampling import SamplingParams
 from specbench.strategies import make_proposer
-from specbench.strategies.lookahead import Lookahead, NGramPool, lookahead_mask, ngram_trie
+from specbench.strategies.lookahead import Lookahead, NGramPool, lookahead_mask, ngram_trie, shift_window
 from specbench.tree import DraftTree
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread on a loaded 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(seed: int):
@@ -224,6 +216,27 @@ def test_every_row_exact_and_cache_clean(seed, options):
     assert result.token_ids == vanilla
     assert proposer.window_rows > 0 and max(result.stats["accepted_lengths"]) > 1
     check_cache(proposer.ctx)   # after the last step as well
+
+
+@given(st.integers(1, 6), st.integers(2, 6), st.data())
+def test_shift_keeps_every_guess_at_its_position(window, ngram, data):
+    """Label each window token by the position it stands for (root r: level l, column j is r + l + j;
+    the new level is one above the top). After committing c tokens the root is r + c and every
+    kept token must still stand for its position in the new layout; exactly max(0, W - d) tokens
+    per level survive (d = c while warming up, c - 1 once full) and the level count grows to N - 1."""
+    levels = data.draw(st.integers(0, ngram - 2))
+    c = data.draw(st.integers(1, window + ngram + 1))
+    r = 100
+    grid = [[r + l + j for j in range(window)] for l in range(levels + 1)]
+    new = [r + levels + 1 + j for j in range(window)]
+    out = shift_window(grid, new, c, ngram, lambda k: [-1] * k)
+    assert len(out) == min(levels + 2, ngram - 1)
+    d = c if levels + 1 <= ngram - 2 else c - 1
+    for l, level in enumerate(out):
+        assert len(level) == window
+        kept = [t for t in level if t != -1]
+        assert kept == [r + c + l + j for j in range(len(kept))]
+        assert len(kept) == max(0, window - d)
 
 
 # ---- greedy equality with vanilla -------------------------------------------------------------

@@ -19,15 +19,6 @@ from specbench.model import ModelArgs, rope_inv_freq
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two threads on a shared 2-core machine can make a tiny forward 100x slower (threads wait
-    for each other's time slices); one is fast and deterministic."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 PROMPTS = [
     "Explain in a few paragraphs why the sky is blue during the day and red at sunset. Mention "
