@@ -152,6 +152,8 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
                 take = j + 1
                 break
         take = min(take, max_new_tokens - len(new))
+        if take < len(committed):   # keep the cache invariant: committed tokens but the root
+            cache.truncate(cache.length - (len(committed) - take))
         new.extend(committed[:take])
         ctx.tokens.extend(committed[:take])
         accepted_lengths.append(take)
