@@ -60,3 +60,8 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     # argmax of p / Exp(1) noise is a draw from p (the exponential-race trick)
     noise = torch.empty_like(probs).exponential_(generator=generator)
     return (probs / noise).argmax(-1)
+
+
+def draw(probs: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """A draft token from processed probs: the argmax when greedy (no randomness spent), else a sample."""
+    return probs.argmax(-1) if params.greedy else sample(probs, generator)

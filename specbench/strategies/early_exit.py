@@ -14,7 +14,7 @@ import torch
 from ..engine import DecodeContext, Proposer
 from ..errors import SpecbenchError
 from ..model import Transformer
-from ..sampling import process_logits, sample
+from ..sampling import draw, process_logits
 from ..tree import DraftTree
 
 
@@ -66,7 +66,7 @@ class EarlyExit(Proposer):
             if i == self.num_draft:
                 break
             q = process_logits(model.logits_from(h)[0], ctx.params)
-            token = q.argmax() if ctx.params.greedy else sample(q, ctx.generator)
+            token = draw(q, ctx.params, ctx.generator)
             tokens.append(token)
             qs.append(q)
         tree = DraftTree.chain(torch.stack(tokens), torch.stack(qs))
@@ -88,7 +88,7 @@ class EarlyExit(Proposer):
             model.propagate_kv(h, pos, ctx.cache, pos, layer)
         self.exits.append(layer)
         q = process_logits(logits, ctx.params)
-        nxt = q.argmax() if ctx.params.greedy else sample(q, ctx.generator)
+        nxt = draw(q, ctx.params, ctx.generator)
         tree = DraftTree.empty(model.device)
         tree.decided = int(nxt)
         return tree

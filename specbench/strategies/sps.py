@@ -7,7 +7,7 @@ import torch
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
 from ..model import Transformer
-from ..sampling import process_logits, sample
+from ..sampling import draw, process_logits
 from ..tree import DraftTree
 
 
@@ -37,7 +37,7 @@ class DraftModel(Proposer):
             out = self.draft(x, torch.arange(start, start + len(x), device=device), self.cache, last_only=True)
             self.cache.length += len(x)
             q = process_logits(out.logits[-1], ctx.params)
-            token = q.argmax() if ctx.params.greedy else sample(q, ctx.generator)
+            token = draw(q, ctx.params, ctx.generator)
             tokens.append(token)
             qs.append(q)
             x = token.view(1)
