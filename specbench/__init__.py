@@ -1,4 +1,5 @@
 """specbench: a workbench for comparing LLM decoding strategies on one shared core."""
+from .drafters import load_drafter, random_drafter
 from .errors import SpecbenchError
 from .generate import GenerationOutput, encode_prompt, generate
 from .loading import from_hf, load_model, random_model
@@ -6,4 +7,5 @@ from .model import KVCache, ModelArgs, Transformer
 from .sampling import SamplingParams
 
 __all__ = ["SpecbenchError", "GenerationOutput", "encode_prompt", "generate", "from_hf", "load_model",
-           "random_model", "KVCache", "ModelArgs", "Transformer", "SamplingParams"]
+           "random_model", "KVCache", "ModelArgs", "Transformer", "SamplingParams",
+           "load_drafter", "random_drafter"]

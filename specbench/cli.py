@@ -21,6 +21,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--model", default=None, help="GGUF file, local directory or hub id (default: SmolLM2-135M-Instruct)")
     p.add_argument("--method", default="vanilla")
     p.add_argument("--draft", default=None, help="draft model path for --method sps")
+    p.add_argument("--drafter", default=None, help="drafter folder for medusa (default: the one shipped for the default model)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -45,6 +46,8 @@ def _generate(args) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.draft:
         options["draft"] = load_model(args.draft, device=args.device, dtype=args.dtype)
+    if args.drafter:
+        options["drafter"] = args.drafter
     out = generate(model, args.prompt, method=args.method, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                    chat=not args.no_chat, **options)
@@ -62,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     from .bench import command as bench_command
     bench_command.add_arguments(sub.add_parser("bench", help="Spec-Bench-style benchmark of decoding methods"))
+    from .train import command as train_command
+    train_command.add_arguments(sub.add_parser("train", help="train a drafter (Medusa heads) for a frozen target"))
     return parser
 
 
@@ -70,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "train":
+            from .train import command as train_command
+            return train_command.run(args)
         from .bench import command as bench_command
         return bench_command.run(args)
     except SpecbenchError as e:

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .model import KVCache, Transformer
+from .model import ForwardOut, KVCache, Transformer
 
 BUCKETS = (1, 4, 16, 64, 256)
 
@@ -25,12 +25,13 @@ def bucket(n: int) -> int:
 
 
 class GraphedForward:
-    """One captured forward shape: `n` padded new tokens, layers [start_layer, stop_layer)."""
+    """One captured forward shape: `n` padded new tokens, layers [start_layer, stop_layer), and
+    the outputs of `feature_layers` beside the logits."""
 
     def __init__(self, model: Transformer, cache: KVCache, n: int, start_layer: int,
-                 stop_layer: int | None, compile: bool, pool):
+                 stop_layer: int | None, feature_layers: tuple[int, ...], compile: bool, pool):
         self.model, self.cache, self.n = model, cache, n
-        self.start_layer, self.stop_layer = start_layer, stop_layer
+        self.start_layer, self.stop_layer, self.feature_layers = start_layer, stop_layer, feature_layers
         device, size = model.device, cache.max_len
         self.tokens = torch.zeros(n, dtype=torch.long, device=device)
         self.positions = torch.zeros(n, dtype=torch.long, device=device)
@@ -51,11 +52,13 @@ class GraphedForward:
         with torch.cuda.graph(self.graph, pool=pool):
             self.out = step()
 
-    def _forward(self) -> torch.Tensor:
+    def _forward(self) -> tuple[torch.Tensor, ...]:
         out = self.model(self.tokens, self.positions, self.cache, self.mask, slots=self.slots,
                          span=self.cache.max_len, start_layer=self.start_layer,
-                         hidden=self.hidden if self.start_layer else None, stop_layer=self.stop_layer)
-        return out.hidden if self.stop_layer is not None else out.logits
+                         hidden=self.hidden if self.start_layer else None, stop_layer=self.stop_layer,
+                         output_layers=self.feature_layers)
+        head = out.hidden if self.stop_layer is not None else out.logits
+        return (head, *(out.layer_hidden[i] for i in self.feature_layers))
 
 
 class GraphedModel:
@@ -77,15 +80,15 @@ class GraphedModel:
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
                 offset: int = 0, start_layer: int = 0, hidden: torch.Tensor | None = None,
-                stop_layer: int | None = None) -> torch.Tensor:
+                stop_layer: int | None = None, feature_layers: tuple[int, ...] = ()) -> ForwardOut:
         """DecodeContext.forward's contract, replayed: new tokens at slots from length + offset,
-        seeing every slot before them; returns a copy of the logits (or hidden states)."""
+        seeing every slot before them; returns copies of the outputs."""
         n, length = tokens.shape[0], self.cache.length + offset
         b = bucket(n)
-        key = (b, start_layer, stop_layer)
+        key = (b, start_layer, stop_layer, feature_layers)
         if key not in self.graphs:
             self.graphs[key] = GraphedForward(self.model, self.cache, b, start_layer, stop_layer,
-                                              self.compile, self.pool)
+                                              feature_layers, self.compile, self.pool)
         g = self.graphs[key]
         g.tokens[:n].copy_(tokens, non_blocking=True)
         g.positions[:n].copy_(positions, non_blocking=True)
@@ -102,7 +105,11 @@ class GraphedModel:
         if start_layer:
             g.hidden[:n].copy_(hidden)
         g.graph.replay()
-        return g.out[:n].clone()
+        head, *layer_outs = (o[:n].clone() for o in g.out)
+        layer_hidden = dict(zip(feature_layers, layer_outs))
+        if stop_layer is not None:
+            return ForwardOut(None, head, layer_hidden)
+        return ForwardOut(head, layer_hidden.get(self.model.args.num_layers), layer_hidden)
 
 
 def graphed_model(model: Transformer, max_len: int) -> GraphedModel:

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .cuda_graph import BUCKETS, GraphedModel, graphed_model
-from .model import KVCache, Transformer
+from .model import ForwardOut, KVCache, Transformer
 from .sampling import SamplingParams, process_logits
 from .tree import DraftTree, ancestor_mask, depths
-from .verify import TorchRandom, verify_tree
+from .verify import TorchRandom, verify_tree, verify_typical
 
 
 @dataclass
@@ -30,6 +30,10 @@ class DecodeContext:
     generator: torch.Generator
     max_new_tokens: int
     graphed: GraphedModel | None = None   # captured forwards over `cache`, on CUDA
+    # the proposer's feature_layers of the target at the row that produced the root (the last
+    # prefill token, then the last accepted row of each step): [1, len(feature_layers) * D]
+    root_features: torch.Tensor | None = None
+    prefill_features: torch.Tensor | None = None   # the same for every prefilled token [n - 1, .]
 
     @property
     def root(self) -> int:
@@ -37,18 +41,20 @@ class DecodeContext:
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
                 offset: int = 0, start_layer: int = 0, hidden: torch.Tensor | None = None,
-                stop_layer: int | None = None) -> torch.Tensor:
+                stop_layer: int | None = None, feature_layers: tuple[int, ...] = ()) -> ForwardOut:
         """A target forward over new tokens written from slot cache.length + offset on, seeing all
-        slots before them and each other through `mask` [n, n] (None: causal). Returns logits
-        [n, V], or the residual stream [n, D] after `stop_layer`. Replays a CUDA graph on GPU."""
+        slots before them and each other through `mask` [n, n] (None: causal): logits [n, V] (None
+        when `stop_layer` cuts it short), the residual stream [n, D] where it stopped, and the
+        outputs of `feature_layers`. Replays a CUDA graph on GPU."""
         n = tokens.shape[0]
         if self.graphed is not None and n <= BUCKETS[-1]:
-            return self.graphed.forward(tokens, positions, mask, offset, start_layer, hidden, stop_layer)
+            return self.graphed.forward(tokens, positions, mask, offset, start_layer, hidden, stop_layer,
+                                        feature_layers)
         base = self.cache.length + offset
-        out = self.model(tokens, positions, self.cache, mask,
-                         slots=torch.arange(base, base + n, device=tokens.device), span=base + n,
-                         start_layer=start_layer, hidden=hidden, stop_layer=stop_layer)
-        return out.hidden if stop_layer is not None else out.logits
+        return self.model(tokens, positions, self.cache, mask,
+                          slots=torch.arange(base, base + n, device=tokens.device), span=base + n,
+                          start_layer=start_layer, hidden=hidden, stop_layer=stop_layer,
+                          output_layers=feature_layers)
 
 
 @dataclass
@@ -57,12 +63,18 @@ class StepResult:
     accepted: list[int]             # accepted draft node indices, root side first
     tokens: list[int]               # tokens committed by this step; the last one is the new root
     logits: torch.Tensor | None     # raw target logits of the forward, rows (root, nodes, aux)
+    features: torch.Tensor | None = None   # the proposer's feature_layers at those rows, concatenated
 
 
 class Proposer:
     """A decoding strategy: drafts token trees and hears what was accepted; never verifies."""
     lossless: bool = True
     max_nodes: int = 0              # most draft + aux nodes one step can add to the target forward
+    # target layers (layer i = the residual stream after i blocks) whose outputs at the root's
+    # producing row the engine keeps in ctx.root_features (Medusa, EAGLE read them)
+    feature_layers: tuple[int, ...] = ()
+    # (threshold, alpha) selects Medusa's typical acceptance (lossy) for sampled decoding
+    typical: tuple[float, float] | None = None
 
     def begin(self, ctx: DecodeContext) -> None:
         """Per-generation setup (own caches, n-gram pools), after the prompt is prefilled."""
@@ -104,6 +116,11 @@ def step_inputs(root: int, tree: DraftTree, length: int, device):
     return torch.cat(tokens), torch.cat(positions).to(device), mask.to(device)
 
 
+def features(out: ForwardOut, layers: tuple[int, ...]) -> torch.Tensor | None:
+    """The outputs of `layers` side by side, [n, len(layers) * D] (None when no layer is asked)."""
+    return torch.cat([out.layer_hidden[i] for i in layers], dim=-1) if layers else None
+
+
 @torch.inference_mode()
 def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: SamplingParams,
         max_new_tokens: int, seed: int, eos_ids: tuple[int, ...]) -> EngineResult:
@@ -119,10 +136,14 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
     cache = graphed.cache if graphed is not None else model.new_cache(max_len)
     ctx = DecodeContext(model, cache, list(prompt_ids), len(prompt_ids), params, generator,
                         max_new_tokens, graphed)
+    layers = proposer.feature_layers
     if len(prompt_ids) > 1:   # prefill all but the root
         prefix = torch.tensor(prompt_ids[:-1], device=device)
-        model(prefix, torch.arange(len(prefix), device=device), cache, stop_layer=model.args.num_layers)
+        out = model(prefix, torch.arange(len(prefix), device=device), cache, stop_layer=model.args.num_layers,
+                    output_layers=layers)
         cache.length = len(prefix)
+        ctx.prefill_features = features(out, layers)
+        ctx.root_features = ctx.prefill_features[-1:] if layers else None
     proposer.begin(ctx)
 
     new: list[int] = []
@@ -134,14 +155,23 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
         if tree.decided is not None:     # a lossy proposer committed the root itself
             assert not proposer.lossless, "only lossy proposers may skip verification"
             cache.length += 1
-            accepted, committed, logits = [], [tree.decided], None
+            accepted, committed, logits, step_features = [], [tree.decided], None, None
         else:
             tokens, positions, mask = step_inputs(ctx.root, tree, cache.length, device)
-            logits = ctx.forward(tokens, positions, mask, start_layer=tree.resume_layer,
-                                 hidden=tree.resume_hidden)
-            result = verify_tree(tree, process_logits(logits[: 1 + tree.size], params), params.greedy, rng)
+            out = ctx.forward(tokens, positions, mask, start_layer=tree.resume_layer,
+                              hidden=tree.resume_hidden, feature_layers=layers)
+            logits = out.logits
+            probs = process_logits(logits[: 1 + tree.size], params)
+            if proposer.typical is not None and not params.greedy:
+                result = verify_typical(tree, probs, *proposer.typical, rng)
+            else:
+                result = verify_tree(tree, probs, params.greedy, rng)
             cache.compact([0] + [1 + i for i in result.accepted])
             accepted = result.accepted
+            step_features = features(out, layers)
+            if layers:
+                row = 1 + accepted[-1] if accepted else 0
+                ctx.root_features = step_features[row:row + 1]
             committed = [int(t) for t in tree.tokens[accepted].tolist()] + [result.next_token]
         draft_tokens.append(tree.size)
         # stop at EOS or at the budget; tokens past them are dropped (a prefix of a lossless
@@ -157,7 +187,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
         new.extend(committed[:take])
         ctx.tokens.extend(committed[:take])
         accepted_lengths.append(take)
-        proposer.accept(ctx, StepResult(accepted, committed, logits))
+        proposer.accept(ctx, StepResult(accepted, committed, logits, step_features))
     sync()
     wall = time.perf_counter() - start
     stats = {

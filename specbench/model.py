@@ -185,7 +185,7 @@ class KVCache:
 @dataclass
 class ForwardOut:
     logits: torch.Tensor | None          # [n, V] (or [1, V] with last_only), None when stopped early
-    hidden: torch.Tensor                  # [n, D] residual stream where the forward stopped
+    hidden: torch.Tensor | None           # [n, D] residual stream where the forward stopped
     layer_hidden: dict[int, torch.Tensor]  # requested layers' outputs (layer i = after i blocks)
 
 

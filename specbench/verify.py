@@ -107,18 +107,40 @@ def _residual(r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def _verify_greedy(tokens: list[int], parents: list[int], argmax: list[int]) -> VerifyResult:
     """Longest path whose every token is the target argmax at its parent; exact, no randomness."""
-    depth = [0] * len(tokens)   # depth of a matching node, 0 where the path to it breaks
-    best = -1                    # deepest matching node (-1 = root); ties go to the earlier one
+    accepted = deepest_path(parents, [t == argmax[parent + 1] for t, parent in zip(tokens, parents)])
+    return VerifyResult(accepted, argmax[accepted[-1] + 1 if accepted else 0])
+
+
+def deepest_path(parents: list[int], ok: list[bool]) -> list[int]:
+    """The deepest root-to-node path whose every node is ok (the earlier node on ties), root side
+    first; [] when no child of the root is ok."""
+    depth = [0] * len(parents)   # depth of an ok node on an all-ok path, 0 where the path breaks
+    best = -1
     for i, parent in enumerate(parents):
-        parent_depth = 0 if parent < 0 else depth[parent]
-        if (parent < 0 or parent_depth > 0) and tokens[i] == argmax[parent + 1]:
-            depth[i] = parent_depth + 1
+        if ok[i] and (parent < 0 or depth[parent] > 0):
+            depth[i] = 1 + (depth[parent] if parent >= 0 else 0)
             if best < 0 or depth[i] > depth[best]:
                 best = i
-    accepted: list[int] = []
-    node = best
-    while node >= 0:
-        accepted.append(node)
-        node = parents[node]
-    accepted.reverse()
-    return VerifyResult(accepted, argmax[best + 1])
+    path: list[int] = []
+    while best >= 0:
+        path.append(best)
+        best = parents[best]
+    return path[::-1]
+
+
+def verify_typical(tree: DraftTree, p: torch.Tensor, threshold: float, alpha: float,
+                   rng: RandomSource) -> VerifyResult:
+    """Medusa's typical acceptance (LOSSY): a node is plausible when the target gives its token
+    p(x) > min(threshold, alpha * exp(-H(p))) at its parent; the deepest path of plausible nodes
+    is accepted (the first one on ties) and the next token is drawn from p after it. It trades
+    exactness for longer acceptances at high temperature; the distribution test rejects it."""
+    n = tree.size
+    if p.dim() != 2 or p.shape[0] != 1 + n:
+        raise SpecbenchError(f"verify_typical: p must be [1 + {n}, V], got {list(p.shape)}")
+    p = p.detach().to("cpu", torch.float64)
+    entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
+    bound = torch.minimum(torch.full_like(entropy, threshold), alpha * torch.exp(-entropy))
+    tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+    plausible = [bool(p[parent + 1, x] > bound[parent + 1]) for x, parent in zip(tokens, parents)]
+    accepted = deepest_path(parents, plausible)
+    return VerifyResult(accepted, rng.categorical(p[accepted[-1] + 1 if accepted else 0]))

@@ -39,14 +39,16 @@ def draft():
     return specbench.random_model(vocab_size=16, num_layers=1, hidden_size=32, seed=2, dtype="float64")
 
 
-def method_options(method: str, draft) -> dict:
+def method_options(method: str, draft, target) -> dict:
+    if method == "medusa":   # a drafter is made for one target: drawn for this one
+        return {"drafter": specbench.random_drafter(target, "medusa", seed=0), "tree": 12}
     return {"pld": {"max_ngram": 3, "num_draft": 4},
             "sps": {"draft": draft, "num_draft": 3},
             "early_exit": {"exit_layer": 1, "num_draft": 3},
             "lookahead": {}}[method]
 
 
-LOSSLESS = ["pld", "sps", "early_exit", "lookahead"]
+LOSSLESS = ["pld", "sps", "early_exit", "lookahead", "medusa"]
 
 
 def check(target, prompt, method, params, **options):
@@ -61,7 +63,7 @@ def check(target, prompt, method, params, **options):
        top_p=st.sampled_from([1.0, 0.8]))
 def test_sampling_matches_vanilla(target, prompt, draft, method, temperature, top_k, top_p):
     params = SamplingParams(temperature, top_k, top_p)
-    pvalue, stats = check(target, prompt, method, params, **method_options(method, draft))
+    pvalue, stats = check(target, prompt, method, params, **method_options(method, draft, target))
     drafted = sum(sum(s["draft_tokens"]) for s in stats)
     multi = sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats)
     assert drafted > 0 and multi > 0, "the check is vacuous: nothing was drafted or accepted"
@@ -98,14 +100,23 @@ def test_confidence_early_exit_is_lossy(target, prompt):
     assert pvalue < ALPHA
 
 
+def test_medusa_typical_acceptance_is_lossy(target, prompt):
+    """Medusa's typical acceptance is labelled lossy, and the same check rejects it."""
+    pvalue, stats = check(target, prompt, "medusa", SamplingParams(1.0), acceptance="typical",
+                          **method_options("medusa", None, target))
+    assert stats[0]["lossless"] is False
+    assert pvalue < ALPHA
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_greedy_identical_float64(draft, seed):
     target = specbench.random_model(vocab_size=16, num_layers=3, hidden_size=32, seed=10 + seed, dtype="float64")
     prompt = [(seed + i) % 5 for i in range(12)]
     vanilla = specbench.generate(target, prompt, max_new_tokens=40).token_ids
     for method in LOSSLESS:
-        for options in (method_options(method, draft), {"num_draft": 1} if method != "lookahead" else {}):
-            opts = {**method_options(method, draft), **options}
+        single = {"lookahead": {}, "medusa": {"tree": 1}}.get(method, {"num_draft": 1})
+        for options in (method_options(method, draft, target), single):
+            opts = {**method_options(method, draft, target), **options}
             out = specbench.generate(target, prompt, method=method, max_new_tokens=40, **opts)
             assert out.token_ids == vanilla, (method, opts)
             assert out.stats["lossless"] is True

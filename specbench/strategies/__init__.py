@@ -7,6 +7,7 @@ from ..engine import Proposer
 from ..errors import SpecbenchError
 from .early_exit import EarlyExit
 from .lookahead import Lookahead
+from .medusa import Medusa
 from .pld import PromptLookup
 from .sps import DraftModel
 from .vanilla import Vanilla
@@ -17,6 +18,7 @@ STRATEGIES: dict[str, type[Proposer]] = {
     "sps": DraftModel,
     "early_exit": EarlyExit,
     "lookahead": Lookahead,
+    "medusa": Medusa,
 }
 
 

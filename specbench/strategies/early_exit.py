@@ -54,7 +54,7 @@ class EarlyExit(Proposer):
         """Run one token at slot/position cache.length + offset through layers [start, stop)
         (`hidden` is its residual stream at `start_layer` when that is not 0)."""
         pos = torch.tensor([ctx.cache.length + offset], device=ctx.model.device)
-        return ctx.forward(token.view(1), pos, None, offset, start_layer, hidden, stop_layer)
+        return ctx.forward(token.view(1), pos, None, offset, start_layer, hidden, stop_layer).hidden
 
     def _draft(self, ctx: DecodeContext) -> DraftTree:
         model, k = ctx.model, self.exit_layer

@@ -1,0 +1,100 @@
+"""What every learned drafter shares: its config, the target it was made for, and its files.
+
+A drafter folder (our layout) holds `config.json` (`format: specbench-drafter`, `kind`, the
+drafter's own hyperparameters, and `target`: the dimensions and an embedding probe of the model it
+was trained on), `model.safetensors`, and, for trained ones, `card.md` and `metrics.jsonl`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import SpecbenchError
+from ..model import Transformer
+
+FORMAT = "specbench-drafter"
+PROBE_ROWS = (0, 1, 2, 3, 5, 8, 13, 21)   # embedding rows whose first 8 values identify a target
+
+
+def target_signature(model: Transformer) -> dict:
+    """Dimensions plus a probe of the embedding: two models with the same shapes but other weights
+    (another fine-tune) must not share a drafter silently."""
+    a = model.args
+    rows = [r for r in PROBE_ROWS if r < a.vocab_size]
+    probe = model.embed.weight[rows, :8].detach().float().cpu()
+    return {"name": getattr(model, "name", None), "hidden_size": a.hidden_size, "vocab_size": a.vocab_size,
+            "num_layers": a.num_layers, "embed_probe": [round(x, 5) for x in probe.flatten().tolist()]}
+
+
+def signature_mismatch(expected: dict, model: Transformer) -> str | None:
+    """Why a drafter made for `expected` cannot serve `model`, or None when it can."""
+    got = target_signature(model)
+    for key in ("hidden_size", "vocab_size", "num_layers"):
+        if key in expected and expected[key] != got[key]:
+            return f"{key.replace('_', ' ')} {expected[key]} (this model: {got[key]})"
+    probe = expected.get("embed_probe")
+    if probe is not None:
+        a, b = torch.tensor(probe), torch.tensor(got["embed_probe"])
+        # loose enough for a bf16 or quantised copy of the same weights, far below a retrain's change
+        if a.shape != b.shape or not torch.allclose(a, b, atol=2e-2 * max(1e-6, float(a.abs().max())), rtol=0.05):
+            return "other weights (its embedding probe differs from this model's)"
+    return None
+
+
+class Drafter(nn.Module):
+    """A learned drafter beside a frozen target. Subclasses set `kind` and implement `config()`."""
+    kind: str = ""
+
+    def __init__(self, target: dict):
+        super().__init__()
+        self.target = target
+
+    def config(self) -> dict:
+        """The drafter's own hyperparameters (constructor keyword arguments)."""
+        raise NotImplementedError
+
+    def check_target(self, model: Transformer) -> None:
+        why = signature_mismatch(self.target, model)
+        if why is not None:
+            raise SpecbenchError(f"this {self.kind} drafter was made for another model: {why}")
+
+    def save(self, folder: str | Path, dtype: torch.dtype = torch.float16, extra: dict | None = None) -> Path:
+        """Write config.json and model.safetensors (parameters cast to `dtype`)."""
+        from safetensors.torch import save_file
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        config = {"format": FORMAT, "kind": self.kind, **self.config(), "target": self.target, **(extra or {})}
+        (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        return folder
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SpecbenchError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if not isinstance(data, dict):
+        raise SpecbenchError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_weights(folder: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The first of `names` present in `folder`: safetensors, or a torch file loaded with
+    weights_only=True (never unpickling arbitrary objects)."""
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                return load_file(str(path))
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise SpecbenchError(f"cannot read weights {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    raise SpecbenchError(f"{folder} holds none of {', '.join(names)}")

@@ -1,0 +1,58 @@
+"""Medusa (Cai et al. 2024): heads on the target's last hidden state draft a sparse tree of top-k
+combinations, verified in one target forward.
+
+The tree is Medusa's "tree choices": index paths such as [0], [1], [0, 0] (head 1's best, its
+second best, then head 2's best below head 1's best). `tree=<int>` builds the tree of that many
+nodes with the highest estimated acceptance from the drafter's measured per-rank accuracies;
+the default size depends on the device (a CPU pays per token verified, a GPU hardly does: see
+README, "Medusa"). Drafts are deterministic top-k picks, so exact sampling needs no draft
+distribution; `acceptance="typical"` selects Medusa's lossy typical acceptance instead.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..drafters import resolve_drafter
+from ..drafters.medusa import check_tree, medusa_tree, tree_arrays
+from ..engine import DecodeContext, Proposer
+from ..errors import SpecbenchError
+from ..model import Transformer
+from ..tree import DraftTree
+
+# default tree sizes, chosen by measurement (README, "Medusa"): CPU forwards cost per token
+DEFAULT_TREE_SIZE = {"cpu": 10, "cuda": 48}
+
+
+class Medusa(Proposer):
+    def __init__(self, model: Transformer, drafter=None, tree: int | list | None = None,
+                 acceptance: str = "exact", typical_threshold: float = 0.09, typical_alpha: float = 0.3):
+        if acceptance not in ("exact", "typical"):
+            raise SpecbenchError(f"acceptance must be 'exact' or 'typical', got {acceptance!r}")
+        if not 0 < typical_threshold <= 1 or not 0 < typical_alpha <= 1:
+            raise SpecbenchError("typical_threshold and typical_alpha must be in (0, 1]")
+        if isinstance(tree, bool) or (isinstance(tree, int) and tree < 1):
+            raise SpecbenchError(f"tree must be a node count >= 1 or a list of index paths, got {tree!r}")
+        self.drafter = resolve_drafter(drafter, model, "medusa")
+        heads = self.drafter.num_heads
+        if tree is None:
+            tree = DEFAULT_TREE_SIZE.get(model.device.type, DEFAULT_TREE_SIZE["cuda"])
+        self.paths = medusa_tree(self.drafter.rank_accuracy, tree) if isinstance(tree, int) \
+            else check_tree(tree, heads, model.args.vocab_size)
+        self.parents, self.head, rank = (t.to(model.device) for t in tree_arrays(self.paths))
+        self.rank = rank
+        self.topk = int(rank.max()) + 1
+        self.max_nodes = len(self.paths)
+        self.feature_layers = (model.args.num_layers,)
+        self.lossless = acceptance == "exact"
+        if not self.lossless:
+            self.typical = (typical_threshold, typical_alpha)
+
+    def propose(self, ctx: DecodeContext) -> DraftTree:
+        if ctx.root_features is None:    # a one-token prompt has no state before the root yet
+            return DraftTree.empty(ctx.model.device)
+        logits = self.drafter(ctx.root_features, ctx.model)[0]          # [K, V]
+        choices = logits.topk(self.topk, dim=-1).indices                 # [K, topk]
+        return DraftTree(tokens=choices[self.head, self.rank], parents=self.parents)
+
+    def stats(self) -> dict:
+        return {"tree_nodes": len(self.paths)}

@@ -1,0 +1,69 @@
+"""`specbench train <kind>` and `specbench train data`: the command-line face of train_drafter."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..errors import SpecbenchError
+from . import DATA_SOURCES, OBJECTIVES, TrainConfig, check_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Train a drafter for a frozen target on ShareGPT (never the benchmark's held-out "
+                          "conversations); --out receives model.safetensors, config.json, metrics.jsonl, "
+                          "loss.png and card.md. Rerunning the same command resumes a killed run.")
+    parser.add_argument("kind", choices=[*OBJECTIVES, "data"],
+                        help="drafter to train, or `data` to only write a token file (for staging)")
+    parser.add_argument("--out", required=True, help="output folder (a .npz file for `data`)")
+    parser.add_argument("--model", default=None, help="target: GGUF, folder or hub id (default SmolLM2-135M-Instruct)")
+    parser.add_argument("--data", default="sharegpt",
+                        help=f"{' | '.join(DATA_SOURCES)} | a token file from `specbench train data` (default sharegpt)")
+    parser.add_argument("--conversations", type=int, default=2000)
+    parser.add_argument("--max-len", type=int, default=1024)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per optimizer step")
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--checkpoint-every", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="the frozen target's dtype (bf16 autocast on CUDA)")
+    parser.add_argument("--eval-tokens", type=int, default=128, help="tokens per held-back prompt in the card's figure")
+    parser.add_argument("--heads", type=int, default=4, help="medusa: number of heads")
+    parser.add_argument("--layers", type=int, default=1, help="medusa: ResBlocks per head")
+    parser.add_argument("--own-lm-head", action="store_true", help="medusa: one LM head per head (not shared)")
+
+
+def run(args) -> int:
+    from ..loading import load_model, parse_dtype
+    from . import train_drafter, training_data
+    drafter = {"num_heads": args.heads, "num_layers": args.layers, "own_lm_head": args.own_lm_head} \
+        if args.kind == "medusa" else {}
+    config = TrainConfig(kind="medusa" if args.kind == "data" else args.kind, data=args.data,
+                         conversations=args.conversations, max_len=args.max_len, epochs=args.epochs, lr=args.lr,
+                         batch_size=args.batch_size, warmup_steps=args.warmup_steps,
+                         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
+                         dtype=args.dtype, drafter=drafter)
+    check_config(config)
+    parse_dtype(args.dtype)
+    if args.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise SpecbenchError(f"--device {args.device}: no CUDA device is available here")
+    if args.kind == "medusa" and (args.heads < 1 or args.layers < 1):
+        raise SpecbenchError("--heads and --layers must be >= 1")
+    if args.eval_tokens < 1:
+        raise SpecbenchError("--eval-tokens must be >= 1")
+    start = time.perf_counter()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.kind == "data":
+        from pathlib import Path
+        data = training_data(model, config)
+        path = data.save(Path(args.out))
+        print(f"wrote {len(data)} conversations ({len(data.tokens)} tokens) to {path}", file=sys.stderr)
+        return 0
+    out = train_drafter(model, config, args.out, eval_tokens=args.eval_tokens)
+    print((out / "card.md").read_text())
+    print(f"trained in {time.perf_counter() - start:.0f} s -> {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,126 @@
+"""Medusa: greedy identity, official checkpoint layout, drafter checks, tree building."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import specbench
+from specbench.drafters.medusa import check_tree, expected_accepted, medusa_tree
+
+
+@pytest.fixture(scope="module")
+def target():
+    return specbench.random_model(vocab_size=16, num_layers=3, hidden_size=32, seed=1, dtype="float64")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("tree", [None, 1, 24, [[0], [1], [2], [0, 0], [0, 1], [0, 0, 0], [2, 0]]])
+def test_greedy_identical_float64(seed, tree):
+    target = specbench.random_model(vocab_size=16, num_layers=3, hidden_size=32, seed=10 + seed, dtype="float64")
+    drafter = specbench.random_drafter(target, "medusa", seed=seed)
+    prompt = [(seed + i) % 5 for i in range(12)]
+    vanilla = specbench.generate(target, prompt, max_new_tokens=40).token_ids
+    out = specbench.generate(target, prompt, method="medusa", drafter=drafter, tree=tree, max_new_tokens=40)
+    assert out.token_ids == vanilla
+    assert out.stats["lossless"] is True
+
+
+def test_multi_token_steps_happen(target):
+    """Not vacuous: random heads on this model get several tokens accepted per step."""
+    drafter = specbench.random_drafter(target, "medusa", seed=0)
+    out = specbench.generate(target, [1, 2, 3, 4], method="medusa", drafter=drafter, max_new_tokens=60)
+    assert out.stats["mean_accepted"] > 1.3
+
+
+@pytest.mark.parametrize("suffix", ["safetensors", "pt"])
+@pytest.mark.parametrize("own_lm_head", [False, True])
+def test_official_layout_roundtrip(target, tmp_path, suffix, own_lm_head):
+    drafter = specbench.random_drafter(target, "medusa", seed=3, num_heads=3, num_layers=2, own_lm_head=own_lm_head)
+    folder = drafter.export_official(tmp_path / "official", target, dtype=torch.float64)
+    if suffix == "pt":   # the older .pt layout: a plain state dict of tensors
+        from safetensors.torch import load_file
+        state = load_file(str(folder / "medusa_lm_head.safetensors"))
+        (folder / "medusa_lm_head.safetensors").unlink()
+        torch.save(state, folder / "medusa_lm_head.pt")
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["medusa_num_heads"] == 3 and cfg["medusa_num_layers"] == 2
+    loaded = specbench.load_drafter(folder, target)
+    assert loaded.own_lm_head == own_lm_head
+    feats = torch.randn(5, 32, dtype=torch.float64)
+    torch.testing.assert_close(loaded(feats, target), drafter(feats, target))
+    prompt = [3, 1, 4, 1, 5]
+    a = specbench.generate(target, prompt, method="medusa", drafter=drafter, max_new_tokens=30)
+    b = specbench.generate(target, prompt, method="medusa", drafter=folder, max_new_tokens=30)
+    assert a.token_ids == b.token_ids and a.stats["accepted_lengths"] == b.stats["accepted_lengths"]
+
+
+def test_our_layout_roundtrip(target, tmp_path):
+    drafter = specbench.random_drafter(target, "medusa", seed=4)
+    drafter.save(tmp_path / "d", dtype=torch.float64)
+    loaded = specbench.load_drafter(tmp_path / "d", target)
+    feats = torch.randn(3, 32, dtype=torch.float64)
+    torch.testing.assert_close(loaded(feats, target), drafter(feats, target))
+
+
+def test_pickled_objects_are_never_loaded(target, tmp_path):
+    drafter = specbench.random_drafter(target, "medusa", seed=3)
+    folder = drafter.export_official(tmp_path / "evil", target)
+    (folder / "medusa_lm_head.safetensors").unlink()
+    torch.save({"0.0.linear.weight": torch.zeros(2), "payload": Exploit()}, folder / "medusa_lm_head.pt")
+    with pytest.raises(specbench.SpecbenchError, match="cannot read weights"):
+        specbench.load_drafter(folder, target)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_drafter_for_another_model_is_refused(target, tmp_path):
+    other_dims = specbench.random_model(vocab_size=16, num_layers=3, hidden_size=48, seed=1, dtype="float64")
+    same_dims = specbench.random_model(vocab_size=16, num_layers=3, hidden_size=32, seed=99, dtype="float64")
+    drafter = specbench.random_drafter(target, "medusa")
+    drafter.save(tmp_path / "d")
+    for model, why in ((other_dims, "hidden size 32"), (same_dims, "other weights")):
+        with pytest.raises(specbench.SpecbenchError, match=why):
+            specbench.generate(model, [1, 2, 3], method="medusa", drafter=drafter)
+        with pytest.raises(specbench.SpecbenchError, match="made for another model"):
+            specbench.load_drafter(tmp_path / "d", model)
+    wide = specbench.random_drafter(other_dims, "medusa")
+    wide.export_official(tmp_path / "official", other_dims)
+    with pytest.raises(specbench.SpecbenchError, match="another model"):
+        specbench.load_drafter(tmp_path / "official", target)
+
+
+def test_no_shipped_drafter_for_other_models(target):
+    with pytest.raises(specbench.SpecbenchError, match="specbench train medusa"):
+        specbench.generate(target, [1, 2, 3], method="medusa")
+
+
+@pytest.mark.parametrize("tree, match", [([], "at least one"), ([[0, 0]], "lacks its parent"),
+                                         ([[0], [0, 0, 0, 0, 0]], "1..4 indices"), ([["a"]], "index paths"),
+                                         (0, "node count"), ([[-1]], "indices must be")])
+def test_bad_trees(target, tree, match):
+    drafter = specbench.random_drafter(target, "medusa")
+    with pytest.raises(specbench.SpecbenchError, match=match):
+        specbench.generate(target, [1, 2], method="medusa", drafter=drafter, tree=tree)
+
+
+def test_medusa_tree_is_best_first():
+    acc = [[0.6, 0.2, 0.1], [0.4, 0.2, 0.1], [0.3, 0.1, 0.05]]
+    paths = medusa_tree(acc, 5)
+    assert paths == [(0,), (1,), (2,), (0, 0), (0, 1)]
+    assert check_tree(paths, 3) == paths
+    # each added node is the best remaining one, so expected acceptance grows with size
+    sizes = [expected_accepted(acc, medusa_tree(acc, n)) for n in range(1, 12)]
+    assert sizes == sorted(sizes)
+    assert expected_accepted(acc, [(0,), (0, 0)]) == pytest.approx(1 + 0.6 + 0.24)
+
+
+def test_typical_acceptance_is_labelled_lossy(target):
+    drafter = specbench.random_drafter(target, "medusa")
+    out = specbench.generate(target, [1, 2, 3], method="medusa", drafter=drafter, acceptance="typical",
+                             temperature=1.0, max_new_tokens=10)
+    assert out.stats["lossless"] is False
