@@ -1,4 +1,4 @@
-"""Command line: `specbench generate` and `specbench bench`. Bad input: one line on stderr, exit 2."""
+"""Command line: `specbench generate`, `bench`, `train` and `profile`. Bad input: one line on stderr, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -59,10 +59,39 @@ def _generate(args) -> int:
     return 0
 
 
+def _add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="cost of a target forward over 1..256 new tokens, vanilla speed, bandwidth floor")
+    p.description = ("Milliseconds per target forward over n = 1, 2, 4, ..., 256 new tokens at each cache length "
+                     "(the engine's forward: CUDA graphs on a GPU), vanilla decode tokens/s and the floor "
+                     "(weight bytes / measured copy bandwidth); prints a table and writes a CSV into --out.")
+    which = p.add_argument_group("model (default: the default model's shape)")
+    which.add_argument("--model", default=None, help="a model path, profiled with its own weights")
+    which.add_argument("--shape", default=None, help="random weights of a named shape: default, llama2-7b, "
+                       "llama3-8b, qwen2-7b, tiny")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--cache-len", nargs="+", default=["512"], metavar="L", help="cache lengths (default 512)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per point (median reported)")
+    p.add_argument("--decode-tokens", type=int, default=64, help="tokens per vanilla decode run")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", default="results/profile", help="folder for the CSV (default results/profile)")
+
+
+def _profile(args) -> int:
+    from .profile import profile, table, write_csv
+    df = profile(shape=args.shape, model_path=args.model, device=args.device, dtype=args.dtype,
+                 cache_lens=args.cache_len, repeats=args.repeats, decode_tokens=args.decode_tokens,
+                 threads=args.threads)
+    print(table(df))
+    print(f"\nwrote {write_csv(df, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specbench", description="A workbench for LLM decoding strategies.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_profile(sub)
     from .bench import command as bench_command
     bench_command.add_arguments(sub.add_parser("bench", help="Spec-Bench-style benchmark of decoding methods"))
     from .train import command as train_command
@@ -75,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "profile":
+            return _profile(args)
         if args.command == "train":
             from .train import command as train_command
             return train_command.run(args)

@@ -15,6 +15,7 @@ import torch
 from .cuda_graph import BUCKETS, GraphedModel, graphed_model
 from .model import ForwardOut, KVCache, Transformer
 from .sampling import SamplingParams, process_logits
+from .timing import PhaseTimer
 from .tree import DraftTree, ancestor_mask, depths
 from .verify import TorchRandom, verify_tree, verify_typical
 
@@ -130,6 +131,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
+    timer = PhaseTimer(device)
 
     max_len = len(prompt_ids) + max_new_tokens + proposer.max_nodes + 1
     graphed = graphed_model(model, max_len) if device.type == "cuda" else None
@@ -145,6 +147,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
         ctx.prefill_features = features(out, layers)
         ctx.root_features = ctx.prefill_features[-1:] if layers else None
     proposer.begin(ctx)
+    timer.lap("prefill")
 
     new: list[int] = []
     accepted_lengths: list[int] = []
@@ -152,6 +155,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
     eos = set(eos_ids)
     while len(new) < max_new_tokens and not (new and new[-1] in eos):
         tree = proposer.propose(ctx)
+        timer.lap("draft")
         if tree.decided is not None:     # a lossy proposer committed the root itself
             assert not proposer.lossless, "only lossy proposers may skip verification"
             cache.length += 1
@@ -160,6 +164,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
             tokens, positions, mask = step_inputs(ctx.root, tree, cache.length, device)
             out = ctx.forward(tokens, positions, mask, start_layer=tree.resume_layer,
                               hidden=tree.resume_hidden, feature_layers=layers)
+            timer.lap("forward")
             logits = out.logits
             probs = process_logits(logits[: 1 + tree.size], params)
             if proposer.typical is not None and not params.greedy:
@@ -173,6 +178,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
                 row = 1 + accepted[-1] if accepted else 0
                 ctx.root_features = step_features[row:row + 1]
             committed = [int(t) for t in tree.tokens[accepted].tolist()] + [result.next_token]
+        timer.lap("verify")
         draft_tokens.append(tree.size)
         # stop at EOS or at the budget; tokens past them are dropped (a prefix of a lossless
         # continuation is still lossless)
@@ -188,6 +194,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
         ctx.tokens.extend(committed[:take])
         accepted_lengths.append(take)
         proposer.accept(ctx, StepResult(accepted, committed, logits, step_features))
+        timer.lap("host")
     sync()
     wall = time.perf_counter() - start
     stats = {
@@ -199,6 +206,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
         "wall_time_s": wall,
         "tokens_per_s": len(new) / wall if wall > 0 else 0.0,
         "lossless": proposer.lossless,
+        "phase_time_s": timer.totals(),   # see specbench.timing.PHASES
     }
     stats.update(proposer.stats())
     return EngineResult(new, stats)
