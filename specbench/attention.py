@@ -10,7 +10,20 @@ import torch.nn.functional as F
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[0] != k.shape[0])
+    """The query heads sharing a kv head run as one batch of (group x n) rows over that kv head.
+
+    No k or v is copied (SDPA's enable_gqa repeats them per query head on CPU, which at a 512-token
+    cache cost more than the layer's matrix products) and the 4-D layout lets SDPA pick its fused
+    kernels (flash attention on CPU). Query head h uses kv head h // group, as in repeat_interleave.
+    """
+    heads, n, d = q.shape
+    kv_heads = k.shape[0]
+    group = heads // kv_heads
+    if mask is not None and group > 1:
+        mask = mask.repeat(group, 1)      # row g * n + i is query i of the g-th head of a group
+    out = F.scaled_dot_product_attention(q.reshape(1, kv_heads, group * n, d), k.unsqueeze(0), v.unsqueeze(0),
+                                         attn_mask=mask)
+    return out.reshape(heads, n, d)
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

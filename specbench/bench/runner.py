@@ -91,6 +91,9 @@ class BenchResult:
 
     def table(self, per_category: bool = False) -> str:
         text = summary.overall_table(self.summary)
+        phases = summary.phase_table(self.summary)
+        if phases:
+            text += "\n\nTime by phase:\n" + phases
         if per_category and (self.summary["category"] != summary.ALL).any():
             text += "\n\n" + summary.category_table(self.summary)
         return text

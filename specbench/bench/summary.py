@@ -12,6 +12,9 @@
   question, turn and repeat (null without vanilla).
 * ``lossless`` is false when any answer's stats said the method is not lossless; lossy methods
   carry " [lossy]" after their label in every printed table and plot.
+* ``<phase>_ms`` (draft, forward, verify, host: `specbench.timing.PHASES`) is the time of that
+  phase per decoding step, summed over answers and divided by their steps; ``prefill_ms`` is per
+  answer. Null unless every answer carries the engine's ``phase_time_s`` (the hf* methods do not).
 """
 from __future__ import annotations
 
@@ -21,8 +24,12 @@ import math
 import numpy as np
 import pandas as pd
 
+from specbench.timing import PHASES
+
+PHASE_COLUMNS = [f"{p}_ms" for p in PHASES]
 COLUMNS = ["method", "base_method", "options", "lossless", "category", "questions", "answers",
-           "new_tokens_mean", "wall_time_s", "tokens_per_s", "speedup", "mean_accepted", "exact_match"]
+           "new_tokens_mean", "wall_time_s", "tokens_per_s", "speedup", "mean_accepted", "exact_match",
+           *PHASE_COLUMNS]
 ALL = "all"
 
 
@@ -53,6 +60,17 @@ def _tps(rows: list[dict]) -> float:
     return float(np.mean(speeds)) if speeds else math.nan
 
 
+def _phases(rows: list[dict]) -> dict:
+    """Mean ms per step of each decoding phase and mean ms of prefill per answer."""
+    times = [(a.get("stats") or {}).get("phase_time_s") for a in rows]
+    steps = sum(int(a.get("steps") or 0) for a in rows)
+    if not rows or any(t is None for t in times) or steps == 0:
+        return dict.fromkeys(PHASE_COLUMNS, math.nan)
+    out = {f"{p}_ms": 1e3 * sum(t[p] for t in times) / steps for p in PHASES}
+    out["prefill_ms"] = 1e3 * sum(t["prefill"] for t in times) / len(rows)
+    return out
+
+
 def _stats(rows: list[dict], ref_rows: list[dict] | None) -> dict:
     tps = _tps(rows)
     ref = _tps(ref_rows) if ref_rows else math.nan
@@ -68,6 +86,7 @@ def _stats(rows: list[dict], ref_rows: list[dict] | None) -> dict:
         "speedup": tps / ref if ref and not math.isnan(ref) and ref > 0 else math.nan,
         "mean_accepted": float(np.mean(acc)) if acc and known_acc else math.nan,
         "exact_match": float(np.mean(matches)) if matches else math.nan,
+        **_phases(rows),
     }
 
 
@@ -153,6 +172,17 @@ def category_table(df: pd.DataFrame) -> str:
     return markdown_table(*_table_rows(sub, True))
 
 
+def phase_table(df: pd.DataFrame) -> str:
+    """Per method (all questions): prefill ms per answer and ms per step of each decoding phase."""
+    sub = df[(df["category"] == ALL) & df["forward_ms"].notna()]
+    step_phases = [p for p in PHASES if p != "prefill"]
+    header = ["method", "prefill ms/answer"] + [f"{p} ms/step" for p in step_phases] + ["sum ms/step"]
+    rows = [[display_label(r["method"], r["lossless"]), _fmt(r["prefill_ms"], "f1")]
+            + [_fmt(r[f"{p}_ms"], "f2") for p in step_phases]
+            + [_fmt(sum(r[f"{p}_ms"] for p in step_phases), "f2")] for r in sub.to_dict("records")]
+    return markdown_table(header, rows) if rows else ""
+
+
 def markdown_report(df: pd.DataFrame, cfg: dict, reference: str | None) -> str:
     model = cfg.get("model") or "default (SmolLM2-135M-Instruct GGUF)"
     lines = [f"# Benchmark {cfg.get('name') or ''}".rstrip(), "",
@@ -166,6 +196,11 @@ def markdown_report(df: pd.DataFrame, cfg: dict, reference: str | None) -> str:
              f"- speedup: mean over questions of tokens/s, divided by the same for `{reference}`"
              if reference else "- speedup: no vanilla in this run", "",
              "## All questions", "", overall_table(df), ""]
+    phases = phase_table(df)
+    if phases:
+        lines += ["## Time by phase", "", "Engine phases (`specbench.timing`): draft = propose, forward = the "
+                  "target forward, verify = logits processing + verification + cache commit, host = the rest "
+                  "of the step.", "", phases, ""]
     if (df["category"] != ALL).any() and df[df["category"] != ALL]["category"].nunique() > 0:
         lines += ["## Per category", "", category_table(df), ""]
     lines += ["## Method options", ""]
