@@ -137,11 +137,10 @@ class Block(nn.Module):
         k = apply_rope(k.view(-1, a.num_kv_heads, a.head_dim), cos, sin)
         return q, k, v.view(-1, a.num_kv_heads, a.head_dim)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, slots, span, mask):
+    def forward(self, x, cos, sin, cache: KVCache, layer: int, slots, span, mask):
         q, k, v = self.kv(x, cos, sin)
-        k_cache.index_copy_(1, slots, k.transpose(0, 1))   # cache layout [kv_heads, slots, d]
-        v_cache.index_copy_(1, slots, v.transpose(0, 1))
-        out = attention(q.transpose(0, 1), k_cache[:, :span], v_cache[:, :span], mask)
+        cache.write(layer, slots, k, v)
+        out = attention(q.transpose(0, 1), cache.k[layer, :, :span], cache.v[layer, :, :span], mask)
         x = x + self.wo(out.transpose(0, 1).reshape(x.shape[0], -1))
         gate, up = self.w13(self.ffn_norm(x)).chunk(2, dim=-1)
         return x + self.w2(F.silu(gate) * up)
@@ -160,6 +159,20 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0
+        # the index tensors of write(), made once so that a write copies nothing from the host
+        self._layer_ids = torch.arange(args.num_layers, device=device)
+        self._head_ids = torch.arange(args.num_kv_heads, device=device)[:, None]
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one layer's k, v [n, kv_heads, d] at `slots`.
+
+        One index_put_ on the whole cache tensor, not a write into the layer's view: torch.compile
+        rebuilds a write into a view of a graph input out of place, copying the whole cache at every
+        layer (compiled on CPU, default model, 2048 slots: 732 ms per forward against 122 ms).
+        """
+        index = (self._layer_ids[layer], self._head_ids, slots[None, :])
+        self.k.index_put_(index, k.transpose(0, 1))
+        self.v.index_put_(index, v.transpose(0, 1))
 
     def truncate(self, length: int) -> None:
         """Discard everything from slot `length` on (rollback)."""
@@ -282,7 +295,7 @@ class Transformer(nn.Module):
         stop = self.args.num_layers if stop_layer is None else stop_layer
         layer_hidden = {}
         for i in range(start_layer, stop):
-            x = self.layers[i](x, cos, sin, cache.k[i], cache.v[i], slots, span, mask)
+            x = self.layers[i](x, cos, sin, cache, i, slots, span, mask)
             if i + 1 in output_layers:
                 layer_hidden[i + 1] = x
         if stop_layer is not None:   # early exit or prefill: the caller needs no logits
@@ -313,5 +326,4 @@ class Transformer(nn.Module):
         cos, sin = self.rope(positions)
         for i in range(from_layer, self.args.num_layers):
             _, k, v = self.layers[i].kv(hidden, cos, sin)
-            cache.k[i].index_copy_(1, slots, k.transpose(0, 1))
-            cache.v[i].index_copy_(1, slots, v.transpose(0, 1))
+            cache.write(i, slots, k, v)

@@ -13,6 +13,9 @@ Sources
                code stub is the one user turn, as is; question_id is the task id, category
                ``humaneval``.
 ``sharegpt``   first human turns of the held-out ShareGPT slice, see `sharegpt_is_heldout`.
+``sharegpt_long``  long prompts whose answers can copy from them, built from the same held-out
+               slice as an offline stand-in for Spec-Bench's ``summarization`` (CNN/DM articles)
+               and ``rag`` (questions over retrieved passages) categories: see `load_sharegpt_long`.
 any path       a JSONL file in Spec-Bench's format: one object a line with ``question_id`` (int or
                str), ``turns`` (a non-empty list of strings or of token-id lists) and optionally
                ``category`` (default ``"default"``); other fields are ignored; blank lines are
@@ -46,10 +49,12 @@ from typing import Iterable
 
 from specbench.errors import SpecbenchError
 
-BUILTIN_DATASETS = ("mt_bench", "humaneval", "sharegpt")
+BUILTIN_DATASETS = ("mt_bench", "humaneval", "sharegpt", "sharegpt_long")
 SHAREGPT_HELDOUT_SALT = "specbench-sharegpt-heldout-v1:"
 SHAREGPT_HELDOUT_BUCKETS = 50          # 1 bucket in 50 is held out: about 2 % of conversations
 SHAREGPT_MAX_CHARS = 4000              # longer first turns are held out but not benchmarked
+LONG_REPLY_CHARS = (1500, 4000)        # sharegpt_long: replies of this length become documents
+LONG_QUESTION_CHARS = 600              # ... when the human message they answer is at most this long
 
 
 
@@ -255,6 +260,46 @@ def load_sharegpt() -> list[Question]:
     return out
 
 
+def _heldout_exchanges() -> list[tuple[str, str, str]]:
+    """(question id, human message, assistant reply) of the held-out slice, in file order, where the
+    reply has LONG_REPLY_CHARS characters and the message at most LONG_QUESTION_CHARS."""
+    out = []
+    for conv in _sharegpt_conversations():
+        cid = str(conv["id"])
+        if not sharegpt_is_heldout(cid):
+            continue
+        msgs = [m for m in conv.get("conversations") or [] if isinstance(m, dict)]
+        for j in range(1, len(msgs)):
+            human, reply = msgs[j - 1].get("value"), msgs[j].get("value")
+            if (msgs[j - 1].get("from") in ("human", "user") and msgs[j].get("from") in ("gpt", "assistant")
+                    and isinstance(human, str) and isinstance(reply, str) and human.strip()
+                    and len(human) <= LONG_QUESTION_CHARS
+                    and LONG_REPLY_CHARS[0] <= len(reply) <= LONG_REPLY_CHARS[1]):
+                out.append((f"{cid}:{j}", human.strip(), reply.strip()))
+    return out
+
+
+def load_sharegpt_long() -> list[Question]:
+    """Two categories over the same held-out exchanges (one question each per exchange):
+
+    ``summarization``: "Summarize the following text..." + a long held-out reply.
+    ``rag``: three passages (the reply to the question and the replies of the next two exchanges,
+    the answer's position rotating) followed by the human message that reply answered.
+    """
+    ex = _heldout_exchanges()
+    if len(ex) < 3:
+        raise SpecbenchError(f"sharegpt_long needs at least 3 held-out exchanges, found {len(ex)}")
+    out = [Question(f"summarization-{qid}", "summarization",
+                    [f"Summarize the following text in a few sentences.\n\n{reply}"]) for qid, _, reply in ex]
+    for i, (qid, human, reply) in enumerate(ex):
+        passages = [ex[(i + 1) % len(ex)][2], ex[(i + 2) % len(ex)][2]]
+        passages.insert(i % 3, reply)
+        body = "\n\n".join(f"Passage {k + 1}:\n{p}" for k, p in enumerate(passages))
+        out.append(Question(f"rag-{qid}", "rag", [f"Answer the question using the passages below.\n\n{body}"
+                                                   f"\n\nQuestion: {human}"]))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 
 def dataset_source(name: str | Path) -> str:
@@ -264,7 +309,7 @@ def dataset_source(name: str | Path) -> str:
         return str(mt_bench_path())
     if name == "humaneval":
         return str(humaneval_path())
-    if name == "sharegpt":
+    if name in ("sharegpt", "sharegpt_long"):
         return str(sharegpt_path())
     path = Path(name).expanduser()
     if not path.is_file():
@@ -281,6 +326,8 @@ def load_dataset(name: str | Path) -> list[Question]:
         return load_humaneval()
     if name == "sharegpt":
         return load_sharegpt()
+    if name == "sharegpt_long":
+        return load_sharegpt_long()
     return read_jsonl_questions(dataset_source(name))
 
 
