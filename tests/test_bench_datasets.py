@@ -1,5 +1,6 @@
 """Benchmark datasets: packaged sources, Spec-Bench JSONL parsing, selection, ShareGPT hold-out."""
 import json
+import re
 
 import pytest
 
@@ -106,3 +107,37 @@ def test_packaged_sharegpt_slice():
     assert {q.question_id for q in qs} <= held
     assert all(0 < len(q.turns[0]) <= datasets.SHAREGPT_MAX_CHARS for q in qs)
     assert [q.question_id for q in qs] == [q.question_id for q in datasets.load_dataset("sharegpt")]
+
+
+def test_sharegpt_long_summarization_and_rag(monkeypatch, tmp_path):
+    reply = lambda i: f"reply {i} " + "word " * 400                    # ~2000 characters
+    convs = [{"id": f"c{i}_0", "conversations": [
+        {"from": "human", "value": f"question {i}?"}, {"from": "gpt", "value": reply(i)},
+        {"from": "human", "value": "thanks"}, {"from": "gpt", "value": "short answer"}]} for i in range(600)]
+    f = tmp_path / "data.json"
+    f.write_text(json.dumps(convs))
+    monkeypatch.setattr(datasets, "sharegpt_path", lambda: f)
+    datasets._sharegpt_conversations.cache_clear()
+    try:
+        qs = datasets.load_dataset("sharegpt_long")
+    finally:
+        datasets._sharegpt_conversations.cache_clear()
+    held = [c for c in convs if datasets.sharegpt_is_heldout(c["id"])]
+    summ = [q for q in qs if q.category == "summarization"]
+    rag = [q for q in qs if q.category == "rag"]
+    assert len(summ) == len(rag) == len(held) >= 3       # one exchange per held-out conversation (short replies skipped)
+    for q, conv in zip(summ, held):
+        assert q.question_id == f"summarization-{conv['id']}:1"
+        assert q.turns[0].startswith("Summarize") and conv["conversations"][1]["value"].strip() in q.turns[0]
+    for i, (q, conv) in enumerate(zip(rag, held)):
+        text = q.turns[0]
+        assert text.endswith(f"Question: {conv['conversations'][0]['value']}")
+        passages = re.findall(r"Passage \d:\n(reply \d+)", text)
+        assert len(passages) == 3 and passages[i % 3] == f"reply {conv['id'][1:-2]}"
+
+
+def test_packaged_sharegpt_long():
+    qs = datasets.load_dataset("sharegpt_long")
+    for category in ("summarization", "rag"):
+        sub = [q for q in qs if q.category == category]
+        assert len(sub) >= 100 and all(len(q.turns[0]) >= datasets.LONG_REPLY_CHARS[0] for q in sub)

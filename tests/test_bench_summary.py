@@ -99,3 +99,24 @@ def test_specbench_layout(answers):
     df = summary.summarize(answers, METHODS, "vanilla")
     assert sum(speeds) / len(speeds) == pytest.approx(row(df, "pld").tokens_per_s)
     assert specbench_format.to_specbench(answers, "hf_pld")[0]["choices"][0]["accept_lengths"] == []
+
+
+def test_phase_times_per_step_and_prefill_per_answer():
+    def timed(qid, steps, prefill, forward, cat="x"):
+        a = ans(qid, cat, "pld", steps * 2, 1.0, acc=[2] * steps)
+        a["stats"] = {"phase_time_s": {"prefill": prefill, "draft": 0.001 * steps, "forward": forward,
+                                       "verify": 0.0005 * steps, "host": 0.0}}
+        return a
+    rows = [timed(1, 10, 0.2, 0.5), timed(2, 30, 0.4, 0.9, "y")]
+    df = summary.summarize(rows + [ans(1, "x", "hf_pld", 10, 1.0)], METHODS, "vanilla")
+    r = row(df, "pld")
+    assert r.prefill_ms == pytest.approx(1e3 * (0.2 + 0.4) / 2)              # per answer
+    assert r.forward_ms == pytest.approx(1e3 * (0.5 + 0.9) / 40)             # per step, pooled
+    assert r.draft_ms == pytest.approx(1.0) and r.verify_ms == pytest.approx(0.5) and r.host_ms == 0.0
+    assert row(df, "pld", "y").forward_ms == pytest.approx(1e3 * 0.9 / 30)
+    assert math.isnan(row(df, "hf_pld").forward_ms)                          # no engine phases
+    partly = summary.summarize(rows + [ans(3, "x", "pld", 4, 1.0, acc=[2, 2])], METHODS, "vanilla")
+    assert math.isnan(row(partly, "pld").forward_ms)                          # not every answer timed
+    table = summary.phase_table(df)
+    assert table.splitlines()[0].startswith("| method | prefill ms/answer | draft ms/step")
+    assert "| pld " in table and "hf_pld" not in table and "| 36.50" in table  # 1 + 35 + 0.5 + 0 ms/step

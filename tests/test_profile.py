@@ -1,0 +1,149 @@
+"""`specbench profile` (API and CLI on the tiny shape), its bad input, the shapes' parameter counts,
+the engine's phase timings and the CPU weight layout."""
+from __future__ import annotations
+
+import re
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+import specbench
+from specbench import profile as prof
+from specbench.cli import main
+from specbench.model import Transformer
+from specbench.timing import PHASES, PhaseTimer
+
+
+def test_profile_api_tiny_shape():
+    df = prof.profile(shape="tiny", cache_lens=[0, 16], new_tokens=(1, 2, 4), repeats=2, decode_tokens=4, threads=1)
+    assert len(df) == 6 and list(df["new_tokens"]) == [1, 2, 4] * 2
+    assert list(df["cache_len"]) == [0] * 3 + [16] * 3
+    assert (df["ms"] > 0).all() and df["device_ms"].isna().all()           # no device timing on CPU
+    assert (df.loc[df["new_tokens"] == 1, "x_step"] == 1.0).all()
+    assert (df["vanilla_tok_s"] > 0).all() and (df["threads"] == 1).all()
+    assert (df["label"] == "tiny").all() and (df["device"] == "cpu").all() and (df["dtype"] == "float32").all()
+    model = prof.shape_model("tiny")
+    assert df["weight_gb"].iloc[0] == pytest.approx(prof.weight_bytes(model) / 1e9)
+    floor_ms = 1e3 * prof.weight_bytes(model) / (df["copy_gb_s"].iloc[0] * 1e9)
+    assert df["floor_ms"].iloc[0] == pytest.approx(floor_ms)
+    assert df["pct_of_floor"].tolist() == pytest.approx((100 * floor_ms * df["vanilla_tok_s"] / 1e3).tolist())
+
+
+def test_profile_cli_writes_csv_and_table(tmp_path, capsys):
+    rc = main(["profile", "--shape", "tiny", "--cache-len", "8", "--repeats", "2", "--decode-tokens", "4",
+               "--threads", "1", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    csv = tmp_path / "profile_tiny_cpu_float32.csv"
+    df = pd.read_csv(csv)
+    assert list(df["new_tokens"]) == list(prof.NEW_TOKENS) and (df["cache_len"] == 8).all()
+    assert re.search(r"^\| 8 \| ms \|( [\d.]+ \|){9} [\d.]+ \| \d+% \|$", out, re.M), out
+    assert f"wrote {csv}" in out
+
+
+def test_profile_model_object_keeps_its_device_and_dtype():
+    model = specbench.random_model(vocab_size=32, num_layers=1, hidden_size=16, num_heads=2, num_kv_heads=1)
+    df = prof.profile(model, cache_lens=[4], new_tokens=(1, 8), repeats=1, decode_tokens=2)
+    assert list(df["new_tokens"]) == [1, 8] and (df["label"] == "model").all() and df["dtype"].iloc[0] == "float32"
+
+
+BAD_CLI = [
+    (["--shape", "gpt5"], r"unknown shape 'gpt5': choose one of default, llama2-7b"),
+    (["--shape", "tiny", "--cache-len", "abc"], r"cache length must be an integer >= 0, got 'abc'"),
+    (["--shape", "tiny", "--cache-len", "16", "-5"], r"cache length must be an integer >= 0, got '-5'"),
+    (["--shape", "tiny", "--cache-len", "5000"], r"cache length 5000 \+ 256 new tokens exceeds the model's context of 2048"),
+    (["--shape", "tiny", "--model", "x.gguf"], r"either a model path or a shape"),
+    (["--shape", "tiny", "--dtype", "float8"], r"unknown dtype 'float8'"),
+    (["--shape", "tiny", "--device", "tpu"], r"device 'tpu'"),
+    (["--shape", "tiny", "--repeats", "0"], r"repeats must be an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("argv, pattern", BAD_CLI, ids=[" ".join(a) for a, _ in BAD_CLI])
+def test_profile_bad_input_is_one_line_before_any_work(capsys, monkeypatch, argv, pattern):
+    def no_work(*args, **kwargs):
+        raise AssertionError("bad input must be refused before building or loading a model")
+    monkeypatch.setattr(prof, "shape_model", no_work)
+    monkeypatch.setattr(prof, "load_model", no_work)
+    rc = main(["profile", *argv])
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and out == ""
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(pattern, lines[0]), err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_profile_cuda_without_gpu(capsys):
+    assert main(["profile", "--shape", "tiny", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def params_by_formula(a) -> int:
+    q, kv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+    layer = a.hidden_size * (q + 2 * kv) + q * a.hidden_size + 3 * a.hidden_size * a.intermediate_size \
+        + 2 * a.hidden_size + (q + 2 * kv if a.qkv_bias else 0)
+    return a.num_layers * layer + a.hidden_size + a.vocab_size * a.hidden_size * (1 if a.tie_word_embeddings else 2)
+
+
+# published parameter counts (model cards), embedding table included
+PUBLISHED = {"default": 134_515_008, "llama2-7b": 6_738_415_616, "llama3-8b": 8_030_261_248,
+             "qwen2-7b": 7_615_616_512}
+
+
+@pytest.mark.parametrize("shape", list(PUBLISHED))
+def test_shapes_have_their_published_sizes(shape):
+    args = prof.SHAPES[shape]
+    with torch.device("meta"):
+        model = Transformer(args).to(torch.bfloat16)
+    assert params_by_formula(args) == PUBLISHED[shape]
+    embed = 0 if args.tie_word_embeddings else args.vocab_size * args.hidden_size   # read one row a step
+    assert prof.weight_bytes(model) == 2 * (PUBLISHED[shape] - embed)
+
+
+# ---- phase timings ---------------------------------------------------------------------------------
+
+def test_phase_timer_charges_each_lap_to_its_phase():
+    timer = PhaseTimer(torch.device("cpu"))
+    time.sleep(0.02)
+    timer.lap("prefill")
+    time.sleep(0.04)
+    timer.lap("forward")
+    timer.lap("verify")
+    totals = timer.totals()
+    assert set(totals) == set(PHASES)
+    assert 0.02 <= totals["prefill"] < 0.04 and 0.04 <= totals["forward"] < 0.08
+    assert totals["verify"] < 0.01 and totals["draft"] == totals["host"] == 0.0
+
+
+@pytest.mark.parametrize("method, options", [("vanilla", {}), ("pld", {"num_draft": 3}), ("lookahead", {"W": 3, "N": 3}),
+                                             ("early_exit", {"mode": "confidence", "exit_layers": [1]})])
+def test_generation_stats_carry_phase_times_within_wall_time(method, options):
+    model = specbench.random_model(vocab_size=16, num_layers=2, hidden_size=32)
+    out = specbench.generate(model, [1, 2, 3, 1, 2, 3, 1, 2], method=method, max_new_tokens=12, **options)
+    phases = out.stats["phase_time_s"]
+    assert set(phases) == set(PHASES) and all(t >= 0 for t in phases.values())
+    assert phases["forward"] > 0 or method == "early_exit"      # confidence exits decide without a forward
+    assert phases["draft"] > 0 and phases["verify"] > 0 and phases["host"] > 0
+    assert sum(phases.values()) <= out.stats["wall_time_s"]
+
+
+# ---- the CPU weight layout -------------------------------------------------------------------------
+
+def test_float32_cpu_weights_are_column_major_and_others_row_major():
+    model = specbench.random_model(vocab_size=16, num_layers=1, hidden_size=32)
+    w = model.layers[0].w13.weight
+    assert w.stride() == (1, w.shape[0]) and model.lm_head.weight.stride() == (1, 16)
+    ids = torch.tensor([1, 2, 3])
+    want = model(ids, torch.arange(3), model.new_cache(8)).logits
+    half = model.to(torch.bfloat16)
+    assert half.layers[0].w13.weight.is_contiguous() and half.lm_head.weight.is_contiguous()
+    back = half.to(torch.float32)
+    assert back.layers[0].w13.weight.stride() == (1, w.shape[0])
+    tied = prof.shape_model("default")          # SmolLM2 ties its LM head to the embedding table
+    assert tied.lm_head.weight is tied.embed.weight and tied.lm_head.weight.stride() == (1, 49152)
+    row_major = specbench.random_model(vocab_size=16, num_layers=1, hidden_size=32).to(torch.float64)
+    assert row_major.layers[0].w13.weight.is_contiguous()
+    torch.testing.assert_close(row_major(ids, torch.arange(3), row_major.new_cache(8)).logits, want.double(),
+                               rtol=1e-5, atol=1e-5)
