@@ -75,15 +75,32 @@ def _add_profile(sub) -> None:
     p.add_argument("--decode-tokens", type=int, default=64, help="tokens per vanilla decode run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", default="results/profile", help="folder for the CSV (default results/profile)")
+    p.add_argument("--trace", action="store_true",
+                   help="also write torch.profiler's operator/kernel tables of 1- and 16-token forwards")
 
 
 def _profile(args) -> int:
-    from .profile import profile, table, write_csv
+    import torch
+
+    from .loading import load_model
+    from .profile import kernel_table, profile, shape_model, table, write_csv
     df = profile(shape=args.shape, model_path=args.model, device=args.device, dtype=args.dtype,
                  cache_lens=args.cache_len, repeats=args.repeats, decode_tokens=args.decode_tokens,
                  threads=args.threads)
     print(table(df))
-    print(f"\nwrote {write_csv(df, args.out)}")
+    path = write_csv(df, args.out)
+    print(f"\nwrote {path}")
+    if args.trace:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model = shape_model(args.shape or "default", args.device, args.dtype) if args.model is None \
+            else load_model(args.model, device=args.device, dtype=args.dtype)
+        cache_len = int(args.cache_len[0])
+        text = "\n\n".join(f"{n} new tokens on a cache of {cache_len}, 5 forwards:\n{kernel_table(model, cache_len, n)}"
+                           for n in (1, 16))
+        trace = path.with_name(path.stem.replace("profile_", "kernels_", 1) + ".txt")
+        trace.write_text(text + "\n")
+        print(f"wrote {trace}")
     return 0
 
 

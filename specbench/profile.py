@@ -157,6 +157,33 @@ def forward_curve(model: Transformer, cache_len: int, new_tokens=NEW_TOKENS, rep
     return rows
 
 
+def kernel_table(model: Transformer, cache_len: int, n: int, calls: int = 5, rows: int = 25) -> str:
+    """torch.profiler's table of the operators (on CUDA: the kernels, graph replays included) of
+    `calls` engine forwards over n new tokens, sorted by device time (CPU time on CPU)."""
+    from torch.profiler import ProfilerActivity
+    device = model.device
+    max_len = cache_len + n + 1
+    graphed = _graphed(model, max_len)
+    cache = graphed.cache if graphed is not None else model.new_cache(max_len)
+    ctx = DecodeContext(model, cache, [0] * (cache_len + 1), cache_len + 1, SamplingParams(),
+                        torch.Generator(device=device), 0, graphed)
+    cache.length = cache_len
+    tokens = torch.zeros(n, dtype=torch.long, device=device)
+    positions = torch.arange(cache_len, cache_len + n, device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.inference_mode():
+        for _ in range(2):
+            ctx.forward(tokens, positions)
+        _sync(device)
+        with torch.profiler.profile(activities=activities) as p:
+            for _ in range(calls):
+                ctx.forward(tokens, positions)
+            _sync(device)
+    cache.length = 0
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return p.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+
+
 def vanilla_tokens_per_s(model: Transformer, cache_len: int, decode_tokens: int = 64, repeats: int = 3,
                          seed: int = 0) -> float:
     """Median tokens/s of the engine's vanilla decode steps after a prompt of cache_len + 1 tokens."""

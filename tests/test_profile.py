@@ -31,9 +31,9 @@ def test_profile_api_tiny_shape():
     assert df["pct_of_floor"].tolist() == pytest.approx((100 * floor_ms * df["vanilla_tok_s"] / 1e3).tolist())
 
 
-def test_profile_cli_writes_csv_and_table(tmp_path, capsys):
+def test_profile_cli_writes_csv_table_and_trace(tmp_path, capsys):
     rc = main(["profile", "--shape", "tiny", "--cache-len", "8", "--repeats", "2", "--decode-tokens", "4",
-               "--threads", "1", "--out", str(tmp_path)])
+               "--threads", "1", "--out", str(tmp_path), "--trace"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     csv = tmp_path / "profile_tiny_cpu_float32.csv"
@@ -41,6 +41,8 @@ def test_profile_cli_writes_csv_and_table(tmp_path, capsys):
     assert list(df["new_tokens"]) == list(prof.NEW_TOKENS) and (df["cache_len"] == 8).all()
     assert re.search(r"^\| 8 \| ms \|( [\d.]+ \|){9} [\d.]+ \| \d+% \|$", out, re.M), out
     assert f"wrote {csv}" in out
+    trace = (tmp_path / "kernels_tiny_cpu_float32.txt").read_text()
+    assert "1 new tokens on a cache of 8" in trace and "16 new tokens" in trace and "aten::mm" in trace
 
 
 def test_profile_model_object_keeps_its_device_and_dtype():
