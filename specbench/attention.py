@@ -9,15 +9,23 @@ import torch
 import torch.nn.functional as F
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The query heads sharing a kv head run as one batch of (group x n) rows over that kv head.
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              causal: bool = False) -> torch.Tensor:
+    """`causal` (with mask None and n == span: a forward on an empty cache, i.e. prefill): query i
+    sees slots 0..i, and SDPA skips the masked blocks instead of reading a materialised mask
+    (prefill of 1,800 tokens on CPU, default model: 2.1 s of attention instead of 3.7 + 1.3 s).
 
-    No k or v is copied (SDPA's enable_gqa repeats them per query head on CPU, which at a 512-token
-    cache cost more than the layer's matrix products) and the 4-D layout lets SDPA pick its fused
-    kernels (flash attention on CPU). Query head h uses kv head h // group, as in repeat_interleave.
+    Otherwise the query heads sharing a kv head run as one batch of (group x n) rows over that kv
+    head: no k or v is copied (SDPA's enable_gqa repeats them per query head on CPU, which at a
+    512-token cache cost more than the layer's matrix products) and the 4-D layout lets SDPA pick
+    its fused kernels (flash attention on CPU). Query head h uses kv head h // group, as in
+    repeat_interleave.
     """
     heads, n, d = q.shape
     kv_heads = k.shape[0]
+    if causal:
+        return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True,
+                                              enable_gqa=heads != kv_heads)[0]
     group = heads // kv_heads
     if mask is not None and group > 1:
         mask = mask.repeat(group, 1)      # row g * n + i is query i of the g-th head of a group

@@ -72,7 +72,6 @@ def shape_model(shape: str, device: str | torch.device = "cpu", dtype: str | tor
     model = model.to(parse_dtype(dtype)).to_empty(device=device)
     if args.tie_word_embeddings:    # to_empty allocates the two uses of the tied weight apart
         model.lm_head.weight = model.embed.weight
-        model.layout_weights()
     model.inv_freq = rope_inv_freq(args).float().to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
@@ -81,6 +80,7 @@ def shape_model(shape: str, device: str | torch.device = "cpu", dtype: str | tor
                 param.fill_(1.0)
             else:   # small normal values: no overflow, no denormals
                 param.normal_(0.0, 0.02, generator=gen)
+    model.pack_weights()
     return model.eval().requires_grad_(False)
 
 

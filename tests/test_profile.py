@@ -2,6 +2,7 @@
 the engine's phase timings and the CPU weight layout."""
 from __future__ import annotations
 
+import copy
 import re
 import time
 
@@ -42,7 +43,7 @@ def test_profile_cli_writes_csv_table_and_trace(tmp_path, capsys):
     assert re.search(r"^\| 8 \| ms \|( [\d.]+ \|){9} [\d.]+ \| \d+% \|$", out, re.M), out
     assert f"wrote {csv}" in out
     trace = (tmp_path / "kernels_tiny_cpu_float32.txt").read_text()
-    assert "1 new tokens on a cache of 8" in trace and "16 new tokens" in trace and "aten::mm" in trace
+    assert "1 new tokens on a cache of 8" in trace and "16 new tokens" in trace and "mkldnn::_linear_pointwise" in trace
 
 
 def test_profile_model_object_keeps_its_device_and_dtype():
@@ -131,21 +132,42 @@ def test_generation_stats_carry_phase_times_within_wall_time(method, options):
     assert sum(phases.values()) <= out.stats["wall_time_s"]
 
 
-# ---- the CPU weight layout -------------------------------------------------------------------------
+# ---- core paths changed for speed ---------------------------------------------------------------
 
-def test_float32_cpu_weights_are_column_major_and_others_row_major():
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (6, 2), (8, 1)])
+@pytest.mark.parametrize("n, span", [(1, 1), (1, 9), (5, 5), (5, 12), (16, 16)])
+def test_attention_paths_equal_the_reference(heads, kv_heads, n, span):
+    from specbench.attention import attention, attention_reference
+    gen = torch.Generator().manual_seed(n * 100 + span)
+    q = torch.randn(n, heads, 8, generator=gen, dtype=torch.float64).transpose(0, 1)   # as the model passes it
+    k, v = (torch.randn(kv_heads, 20, 8, generator=gen, dtype=torch.float64)[:, :span] for _ in range(2))
+    tree = torch.rand(n, n, generator=gen) < 0.5
+    tree |= torch.eye(n, dtype=torch.bool)
+    mask = torch.cat([torch.ones(n, span - n, dtype=torch.bool), tree], dim=1)
+    torch.testing.assert_close(attention(q, k, v, mask), attention_reference(q, k, v, mask), rtol=0, atol=1e-12)
+    torch.testing.assert_close(attention(q, k, v, None), attention_reference(q, k, v, None), rtol=0, atol=1e-12)
+    if n == span:
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        torch.testing.assert_close(attention(q, k, v, None, causal=True), attention_reference(q, k, v, causal),
+                                   rtol=0, atol=1e-12)
+
+
+def test_packed_linear_is_used_only_while_valid():
     model = specbench.random_model(vocab_size=16, num_layers=1, hidden_size=32)
-    w = model.layers[0].w13.weight
-    assert w.stride() == (1, w.shape[0]) and model.lm_head.weight.stride() == (1, 16)
-    ids = torch.tensor([1, 2, 3])
-    want = model(ids, torch.arange(3), model.new_cache(8)).logits
-    half = model.to(torch.bfloat16)
-    assert half.layers[0].w13.weight.is_contiguous() and half.lm_head.weight.is_contiguous()
-    back = half.to(torch.float32)
-    assert back.layers[0].w13.weight.stride() == (1, w.shape[0])
-    tied = prof.shape_model("default")          # SmolLM2 ties its LM head to the embedding table
-    assert tied.lm_head.weight is tied.embed.weight and tied.lm_head.weight.stride() == (1, 49152)
-    row_major = specbench.random_model(vocab_size=16, num_layers=1, hidden_size=32).to(torch.float64)
-    assert row_major.layers[0].w13.weight.is_contiguous()
-    torch.testing.assert_close(row_major(ids, torch.arange(3), row_major.new_cache(8)).logits, want.double(),
-                               rtol=1e-5, atol=1e-5)
+    lin = model.layers[0].w13
+    x = torch.randn(3, 32)
+    assert lin._packed is not None                           # CPU float32: packed at the cast
+    with torch.inference_mode():
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        lin.weight.mul_(2)                                   # an in-place change makes the packed copy stale
+    with torch.inference_mode():
+        assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight))
+    model.pack_weights()
+    assert lin._packed[1] == lin._key()
+    assert model.to(torch.bfloat16).layers[0].w13._packed[0].dtype == torch.bfloat16
+    assert model.to(torch.float64).layers[0].w13._packed is None          # oneDNN has no float64
+    copied = copy.deepcopy(model)                            # the opaque packed tensor is not copied
+    assert "_packed" not in copied.layers[0].w13.__dict__
+    tied = prof.shape_model("default")                       # SmolLM2 ties its LM head to the embedding
+    assert tied.lm_head.weight is tied.embed.weight and tied.lm_head._packed[1] == tied.lm_head._key()
