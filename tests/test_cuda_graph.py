@@ -14,7 +14,9 @@ from specbench.tree import ancestor_mask
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def test_graphed_forward_matches_eager():
+@pytest.mark.parametrize("compiled", ["1", "0"])     # SPECBENCH_COMPILE=0 captures the eager forward
+def test_graphed_forward_matches_eager(monkeypatch, compiled):
+    monkeypatch.setenv("SPECBENCH_COMPILE", compiled)
     model = specbench.random_model(vocab_size=64, num_layers=3, hidden_size=64, num_heads=4,
                                    num_kv_heads=2, seed=1).to("cuda")
     graphed = graphed_model(model, 128)
