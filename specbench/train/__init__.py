@@ -43,6 +43,8 @@ def check_config(config: TrainConfig) -> None:
             raise SpecbenchError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.max_len < 8:
         raise SpecbenchError(f"max_len must be >= 8, got {config.max_len}")
+    if config.objective.get("labels", "target") not in ("target", "data"):
+        raise SpecbenchError(f"labels must be 'target' or 'data', got {config.objective['labels']!r}")
     if not config.epochs > 0 or not config.lr > 0:
         raise SpecbenchError("epochs and lr must be > 0")
 
@@ -108,7 +110,7 @@ def train_drafter(model: Transformer, config: TrainConfig, out: str | os.PathLik
     out = Path(out)
     data = data if data is not None else training_data(model, config)
     drafter = new_drafter(model, config)
-    objective = OBJECTIVES[config.kind](drafter, model)
+    objective = OBJECTIVES[config.kind](drafter, model, **config.objective)
     start = time.perf_counter()
     result = train(objective, model, data, config, out, stop_after=stop_after, progress=progress)
     _, val_idx = split(data, config.validation)

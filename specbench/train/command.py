@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=4, help="medusa: number of heads")
     parser.add_argument("--layers", type=int, default=1, help="medusa: ResBlocks per head")
     parser.add_argument("--own-lm-head", action="store_true", help="medusa: one LM head per head (not shared)")
+    parser.add_argument("--labels", default="target", choices=["target", "data"],
+                        help="medusa: the target's distribution (soft, default) or the data's token")
 
 
 def run(args) -> int:
@@ -44,7 +46,8 @@ def run(args) -> int:
                          conversations=args.conversations, max_len=args.max_len, epochs=args.epochs, lr=args.lr,
                          batch_size=args.batch_size, warmup_steps=args.warmup_steps,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
-                         dtype=args.dtype, drafter=drafter)
+                         dtype=args.dtype, drafter=drafter,
+                         objective={"labels": args.labels} if args.kind == "medusa" else {})
     check_config(config)
     parse_dtype(args.dtype)
     if args.device.startswith("cuda"):

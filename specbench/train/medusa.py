@@ -1,5 +1,10 @@
 """Medusa-1's objective: each head's cross-entropy on the token it must predict, head k weighted
-0.8^k (the paper's decay: far heads are less accurate and matter less), the target frozen."""
+0.8^k (the paper's decay: far heads are less accurate and matter less), the target frozen.
+
+`labels="target"` (the default) takes as label the target's own distribution for that token given
+the true context (soft labels, Medusa-2's self-distillation loss): the heads learn what the target
+would say, which is what greedy and sampled verification accept. `labels="data"` is Medusa-1's
+cross-entropy on the data's token."""
 from __future__ import annotations
 
 import torch
@@ -13,9 +18,10 @@ RANKS = 10     # ranks measured per head for the tree (medusa_tree)
 
 
 class MedusaObjective:
-    def __init__(self, drafter: MedusaHeads, model: Transformer):
+    def __init__(self, drafter: MedusaHeads, model: Transformer, labels: str = "target"):
         self.drafter = drafter
         self.feature_layers = (model.args.num_layers,)
+        self.labels = labels
 
     def loss(self, model: Transformer, features: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
              mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
@@ -29,7 +35,11 @@ class MedusaObjective:
                 break
             m = mask[shift:]
             pred = head_logits[: n - shift, k][m].float()
-            ce = F.cross_entropy(pred, ids[shift:][m], reduction="sum")
+            if self.labels == "data":
+                ce = F.cross_entropy(pred, ids[shift:][m], reduction="sum")
+            else:   # logits row j is the target's distribution for token j + 1
+                soft = torch.softmax(logits[shift - 1: n - 1][m].float(), dim=-1)
+                ce = -(soft * F.log_softmax(pred, dim=-1)).sum()
             total = total + HEAD_DECAY ** k * ce
             top1 = pred.argmax(-1)
             metrics[f"loss_head{k}"] = ce.item()
