@@ -1,4 +1,4 @@
-"""Command line: `specbench generate` and `specbench bench`. Bad input: one line on stderr, exit 2."""
+"""Command line: `specbench generate`, `bench`, `train` and `export`. Bad input: one line on stderr, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +20,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--prompt", required=True, help="text (the chat template is applied unless --no-chat)")
     p.add_argument("--model", default=None, help="GGUF file, local directory or hub id (default: SmolLM2-135M-Instruct)")
     p.add_argument("--method", default="vanilla")
-    p.add_argument("--draft", default=None, help="draft model path for --method sps")
+    p.add_argument("--draft", default=None,
+                   help="sps draft: a model path, target:K (the target's first K layers) or target "
+                        "(default: the draft shipped for the default model)")
     p.add_argument("--drafter", default=None, help="drafter folder for medusa (default: the one shipped for the default model)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -45,7 +47,7 @@ def _generate(args) -> int:
         options[name] = _option_value(value)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.draft:
-        options["draft"] = load_model(args.draft, device=args.device, dtype=args.dtype)
+        options["draft"] = args.draft
     if args.drafter:
         options["drafter"] = args.drafter
     out = generate(model, args.prompt, method=args.method, max_new_tokens=args.max_new_tokens,
@@ -59,14 +61,32 @@ def _generate(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a model (e.g. a compact draft folder) as a self-contained "
+                                      "Hugging Face folder")
+    p.add_argument("--model", default=None, help="anything load_model reads, e.g. a folder from `specbench train draft`")
+    p.add_argument("--out", required=True, help="new folder: config.json, model.safetensors, tokenizer files")
+    p.add_argument("--dtype", default="float32", help="dtype of the written weights")
+
+
+def _export(args) -> int:
+    from .loading import load_model, new_folder, parse_dtype, save_model
+    parse_dtype(args.dtype)
+    new_folder(args.out)      # before the slow load
+    folder = save_model(load_model(args.model, dtype=args.dtype), args.out)
+    print(f"wrote {folder}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specbench", description="A workbench for LLM decoding strategies.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_export(sub)
     from .bench import command as bench_command
     bench_command.add_arguments(sub.add_parser("bench", help="Spec-Bench-style benchmark of decoding methods"))
     from .train import command as train_command
-    train_command.add_arguments(sub.add_parser("train", help="train a drafter (Medusa heads) for a frozen target"))
+    train_command.add_arguments(sub.add_parser("train", help="train a drafter (Medusa heads, a distilled sps draft) for a frozen target"))
     return parser
 
 
@@ -75,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "train":
             from .train import command as train_command
             return train_command.run(args)

@@ -78,6 +78,17 @@ class GraphedModel:
         self.all_slots = torch.arange(max_len, device=model.device)
 
     @torch.inference_mode()
+    def prepare(self, n: int, start_layer: int = 0, stop_layer: int | None = None,
+                feature_layers: tuple[int, ...] = ()) -> GraphedForward:
+        """The captured forward that serves n new tokens, captured on first use (callers may
+        capture ahead, so no timed step pays for it)."""
+        key = (bucket(n), start_layer, stop_layer, feature_layers)
+        if key not in self.graphs:
+            self.graphs[key] = GraphedForward(self.model, self.cache, bucket(n), start_layer, stop_layer,
+                                              feature_layers, self.compile, self.pool)
+        return self.graphs[key]
+
+    @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
                 offset: int = 0, start_layer: int = 0, hidden: torch.Tensor | None = None,
                 stop_layer: int | None = None, feature_layers: tuple[int, ...] = ()) -> ForwardOut:
@@ -85,11 +96,7 @@ class GraphedModel:
         seeing every slot before them; returns copies of the outputs."""
         n, length = tokens.shape[0], self.cache.length + offset
         b = bucket(n)
-        key = (b, start_layer, stop_layer, feature_layers)
-        if key not in self.graphs:
-            self.graphs[key] = GraphedForward(self.model, self.cache, b, start_layer, stop_layer,
-                                              feature_layers, self.compile, self.pool)
-        g = self.graphs[key]
+        g = self.prepare(n, start_layer, stop_layer, feature_layers)
         g.tokens[:n].copy_(tokens, non_blocking=True)
         g.positions[:n].copy_(positions, non_blocking=True)
         g.positions[n:] = 0

@@ -100,6 +100,14 @@ def _load_gguf(file: Path, device, dtype) -> Transformer:
 def _load_dir(path: Path, device, dtype) -> Transformer:
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoTokenizer
+
+    from .drafters.draft import is_compact, load_standalone
+    if is_compact(path):     # our drafter layout: a draft model materialises on its target
+        from .drafters.base import read_json
+        config = read_json(path / "config.json")
+        if config.get("kind") != "draft":
+            raise SpecbenchError(f"{path} holds a {config.get('kind')} drafter, not a model: pass it as drafter=")
+        return load_standalone(path, config, device, dtype)
     files = sorted(path.glob("*.safetensors"))
     if not (path / "config.json").is_file() or not files:
         ggufs = sorted(path.glob("*.gguf"))
@@ -119,6 +127,73 @@ def _load_dir(path: Path, device, dtype) -> Transformer:
     model.tokenizer = AutoTokenizer.from_pretrained(str(path)) if has_tokenizer else None
     model.hf_source = {"pretrained_model_name_or_path": str(path)}
     return model
+
+
+def hf_config(args: ModelArgs):
+    """A transformers config that `ModelArgs.from_hf_config` reads back as `args` (Qwen2 when the
+    model has q/k/v biases, else Llama: Mistral without sliding window computes the same)."""
+    from transformers import AutoConfig
+    model_type = "qwen2" if args.qkv_bias else "llama"
+    extra = {"use_sliding_window": False} if model_type == "qwen2" else {"attention_bias": False, "mlp_bias": False}
+    eos = list(args.eos_token_ids)
+    return AutoConfig.for_model(
+        model_type, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size, num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads, num_key_value_heads=args.num_kv_heads, head_dim=args.head_dim,
+        rms_norm_eps=args.rms_norm_eps, rope_theta=args.rope_theta, rope_scaling=args.rope_scaling,
+        tie_word_embeddings=args.tie_word_embeddings, max_position_embeddings=args.max_position_embeddings,
+        eos_token_id=(eos[0] if len(eos) == 1 else eos) or None, hidden_act="silu",
+        architectures=["Qwen2ForCausalLM" if model_type == "qwen2" else "LlamaForCausalLM"], **extra)
+
+
+def state_dict_to_hf(model: Transformer) -> dict[str, torch.Tensor]:
+    """Our parameters under Hugging Face Llama-family names (the inverse of hf_to_state_dict; a
+    tied LM head is stored once, as the embedding)."""
+    a = model.args
+    q, kv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+    out = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
+    if not a.tie_word_embeddings:
+        out["lm_head.weight"] = model.lm_head.weight
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        for name, w in zip("qkv", layer.wqkv.weight.split([q, kv, kv])):
+            out[p + f"self_attn.{name}_proj.weight"] = w
+        if a.qkv_bias:
+            for name, b in zip("qkv", layer.wqkv.bias.split([q, kv, kv])):
+                out[p + f"self_attn.{name}_proj.bias"] = b
+        out[p + "self_attn.o_proj.weight"] = layer.wo.weight
+        gate, up = layer.w13.weight.chunk(2)
+        out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = gate, up
+        out[p + "mlp.down_proj.weight"] = layer.w2.weight
+        out[p + "input_layernorm.weight"] = layer.attn_norm.weight
+        out[p + "post_attention_layernorm.weight"] = layer.ffn_norm.weight
+    return out
+
+
+def new_folder(folder: str | os.PathLike) -> Path:
+    """An output folder that does not exist yet or is empty (nothing is ever overwritten)."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise SpecbenchError(f"{folder} exists and is not an empty folder: choose another output")
+    return folder
+
+
+def save_model(model: Transformer, folder: str | os.PathLike, dtype: str | torch.dtype | None = None) -> Path:
+    """Write `model` as a Hugging Face folder (config.json, model.safetensors, the tokenizer when
+    it has one) that load_model and transformers' from_pretrained read. This is how a draft that
+    shares its target's embedding becomes a self-contained model (CLI: `specbench export`)."""
+    from safetensors.torch import save_file
+    folder = new_folder(folder)
+    dtype = parse_dtype(dtype) if dtype is not None else model.dtype
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = hf_config(model.args)
+    cfg.dtype = str(dtype).replace("torch.", "")
+    cfg.save_pretrained(str(folder))
+    state = {k: v.detach().to("cpu", dtype).clone().contiguous() for k, v in state_dict_to_hf(model).items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(folder))
+    return folder
 
 
 def _download(repo_id: str) -> Path:

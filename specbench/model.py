@@ -141,7 +141,13 @@ class Block(nn.Module):
         q, k, v = self.kv(x, cos, sin)
         k_cache.index_copy_(1, slots, k.transpose(0, 1))   # cache layout [kv_heads, slots, d]
         v_cache.index_copy_(1, slots, v.transpose(0, 1))
-        out = attention(q.transpose(0, 1), k_cache[:, :span], v_cache[:, :span], mask)
+        return self.mix(x, q, k_cache[:, :span], v_cache[:, :span], mask)
+
+    def mix(self, x, q, k, v, mask):
+        """The block after its K/V are known: attention of q [n, heads, d] over k, v
+        [kv_heads, span, d], then the MLP. Training a draft calls it without a cache (autograd
+        must not see K/V written in place)."""
+        out = attention(q.transpose(0, 1), k, v, mask)
         x = x + self.wo(out.transpose(0, 1).reshape(x.shape[0], -1))
         gate, up = self.w13(self.ffn_norm(x)).chunk(2, dim=-1)
         return x + self.w2(F.silu(gate) * up)

@@ -4,7 +4,7 @@ A config file (see ``experiments/*.yaml``) holds any of these keys (defaults in 
 
     name: quick                 # cosmetic; also the default out folder results/<name>
     model: null                 # model path (null: the default SmolLM2-135M-Instruct GGUF)
-    draft: null                 # draft model path for sps ("target": the target model itself)
+    draft: null                 # sps draft: null (the shipped one), a path, "target", "target:K"
     device: cpu
     dtype: float32
     dataset: mt_bench           # mt_bench | humaneval | sharegpt | path/to/questions.jsonl
@@ -229,6 +229,24 @@ def _abs_path(p) -> str:
     return str(Path(p).expanduser().resolve())
 
 
+def _model_path(v, what: str) -> str:
+    """An existing path made absolute, or a hub id as given."""
+    p = Path(str(v)).expanduser()
+    if p.exists():
+        return _abs_path(p)
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(v)):   # not a hub id either
+        raise SpecbenchError(f"{what} not found: {v}")
+    return str(v)
+
+
+def _draft(v) -> str:
+    """An sps draft: "target", "target:K" (the target's first K layers), or a model path."""
+    v = str(v)
+    if v == "target" or re.fullmatch(r"target:[1-9]\d*", v):
+        return v
+    return _model_path(v, "draft model path")
+
+
 def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
     """Validate and complete a raw config; expand sweeps; raise SpecbenchError on any bad value."""
     unknown = [k for k in raw if k not in DEFAULTS]
@@ -271,15 +289,10 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
         raise SpecbenchError(f"dataset must be a name or a path, got {cfg['dataset']!r}")
     cfg["dataset"] = str(cfg["dataset"])
     cfg["dataset_path"] = datasets.dataset_source(cfg["dataset"])
-    for key in ("model", "draft"):
-        v = cfg[key]
-        if v is None or (key == "draft" and v == "target"):
-            continue
-        p = Path(str(v)).expanduser()
-        if p.exists():
-            cfg[key] = _abs_path(p)
-        elif not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(v)):   # not a hub id either
-            raise SpecbenchError(f"{key} model path not found: {v}")
+    if cfg["model"] is not None:
+        cfg["model"] = _model_path(cfg["model"], "model path")
+    if cfg["draft"] is not None:
+        cfg["draft"] = _draft(cfg["draft"])
 
     # methods
     expanded = expand_methods(cfg["methods"])
@@ -299,18 +312,10 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
             raise SpecbenchError(f"unknown method {method!r}" + (f" (label {label!r})" if label != method else "")
                                  + f": choose one of {', '.join(registry)}")
         accepted = registry[method]
-        if method == "sps":
+        if method == "sps":   # no draft anywhere: the one shipped for the model (checked at load)
             draft = options.get("draft", cfg["draft"])
-            if draft is None:
-                raise SpecbenchError(f"method {label!r} (sps) needs a draft model: --draft PATH, "
-                                     "`draft:` in the config, or the option draft ('target' reuses the target)")
-            if draft != "target":
-                p = Path(str(draft)).expanduser()
-                if p.exists():
-                    draft = _abs_path(p)
-                elif not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(draft)):
-                    raise SpecbenchError(f"draft model path not found: {draft}")
-            options = dict(options, draft=str(draft))
+            if draft is not None:
+                options = dict(options, draft=_draft(draft))
         if accepted is not None:
             bad = [k for k in options if k not in accepted]
             if bad:

@@ -151,17 +151,9 @@ class _Methods:
     def __init__(self, model, cfg: dict):
         self.model, self.cfg = model, cfg
         self.hf = HFBaselines(model)
-        self.drafts: dict[str, object] = {}
         self.calls = {}
         for m in cfg["methods"]:
             self.calls[m["label"]] = self._make(m)
-
-    def _draft(self, path: str):
-        if path == "target":
-            return self.model
-        if path not in self.drafts:
-            self.drafts[path] = core_load_model(path, self.cfg["device"], self.cfg["dtype"])
-        return self.drafts[path]
 
     def _make(self, m: dict):
         cfg = self.cfg
@@ -170,8 +162,9 @@ class _Methods:
             self.hf.options(m["method"], m["options"])    # validate now, loading the HF model
             return lambda ids, n: self.hf.generate(m["method"], ids, max_new_tokens=n, **sampling, **m["options"])
         opts = dict(m["options"])
-        if "draft" in opts:
-            opts["draft"] = self._draft(opts["draft"])
+        if m["method"] == "sps":    # load the draft now (sps keeps it per target), not in a timed call
+            from specbench.strategies import make_proposer
+            make_proposer("sps", self.model, **opts)
         return lambda ids, n: core_generate(self.model, ids, method=m["method"], max_new_tokens=n,
                                             chat=False, **sampling, **opts)
 

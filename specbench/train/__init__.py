@@ -3,7 +3,8 @@
     from specbench.train import TrainConfig, train_drafter
     folder = train_drafter(model, TrainConfig(kind="medusa", conversations=2000), "drafters/medusa")
 
-The folder then loads with `specbench.load_drafter(folder, model)`.
+The folder then loads with `specbench.load_drafter(folder, model)` (a `draft` folder also with
+`specbench.load_draft(folder, model)` or `specbench.load_model(folder)`, and serves sps as draft=folder).
 """
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ from pathlib import Path
 
 import torch
 
-from ..drafters import DRAFTERS, Drafter, random_drafter, target_signature
+from ..drafters import DRAFTERS, Drafter, random_drafter
 from ..errors import SpecbenchError
 from ..generate import generate
 from ..model import Transformer
 from .data import TokenData, self_distill, sharegpt_tokens
+from .distill import DistillObjective
 from .medusa import RANKS, MedusaObjective
 from .trainer import Objective, Stop, TrainConfig, split, target_pass, train
 
-OBJECTIVES = {"medusa": MedusaObjective}
+OBJECTIVES = {"medusa": MedusaObjective, "draft": DistillObjective}
 DATA_SOURCES = ("sharegpt", "self_distill")
 
 
@@ -70,7 +72,7 @@ def training_data(model: Transformer, config: TrainConfig) -> TokenData:
 
 
 def new_drafter(model: Transformer, config: TrainConfig) -> Drafter:
-    drafter = DRAFTERS[config.kind](target_signature(model), **config.drafter)
+    drafter = DRAFTERS[config.kind].for_target(model, **config.drafter)
     drafter.init_from_target(model)
     return drafter
 
@@ -114,7 +116,10 @@ def train_drafter(model: Transformer, config: TrainConfig, out: str | os.PathLik
     start = time.perf_counter()
     result = train(objective, model, data, config, out, stop_after=stop_after, progress=progress)
     _, val_idx = split(data, config.validation)
-    evaluation = evaluate(objective, model, data, val_idx, eval_tokens)
+    # an objective may measure its drafter its own way (the draft model runs through sps)
+    measure = getattr(objective, "evaluate", None)
+    evaluation = measure(model, data, val_idx, eval_tokens) if measure is not None \
+        else evaluate(objective, model, data, val_idx, eval_tokens)
     extra = {"training": {"data": data.meta.get("source", str(config.data)), "conversations": len(data),
                           "max_len": config.max_len, "steps": result["steps"], "epochs": config.epochs,
                           "lr": config.lr, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
@@ -145,6 +150,8 @@ def plot_loss(metrics: Path, png: Path) -> None:
 def write_card(out: Path, config: TrainConfig, training: dict, evaluation: dict) -> None:
     final = training["final"]
     heads = sorted(k for k in final if k.startswith("agree_head"))
+    measured = {k: v for k, v in evaluation.items()
+                if k not in ("rank_accuracy", "eval_prompts", "eval_tokens", "mean_accepted")}
     lines = [
         f"# {config.kind} drafter",
         "",
@@ -155,13 +162,17 @@ def write_card(out: Path, config: TrainConfig, training: dict, evaluation: dict)
         f"- Training: {training['steps']} steps, {config.epochs} epoch(s), batch {config.batch_size} sequences, "
         f"AdamW lr {config.lr} (warm-up {config.warmup_steps}, cosine), clip {config.grad_clip}, seed {config.seed}",
         f"- Device: {training['device']}, target dtype {training['dtype']}, {training['seconds']} s",
+        f"- Drafter: {json.dumps(config.drafter, sort_keys=True)}; objective options: "
+        f"{json.dumps(config.objective, sort_keys=True)}",
         f"- Final loss (mean of the last 20 steps): {final.get('loss', float('nan')):.4f}",
-        "- Agreement with the target's greedy token per head: "
-        + ", ".join(f"{final[h]:.3f}" for h in heads),
+        *(["- Agreement with the target's greedy token per head: " + ", ".join(f"{final[h]:.3f}" for h in heads)]
+          if heads else []),
         f"- Mean accepted tokens per step, greedy, {evaluation['eval_prompts']} held-back prompts x "
         f"{evaluation['eval_tokens']} tokens: {evaluation['mean_accepted']:.3f}",
+        *([f"- Held-back measurements: {json.dumps({k: round(v, 4) for k, v in measured.items()}, sort_keys=True)}"]
+          if measured else []),
         "",
-        "Files: model.safetensors, config.json (hyperparameters, target signature, these figures), "
+        "Files: model*.safetensors, config.json (hyperparameters, target signature, these figures), "
         "metrics.jsonl (per step), loss.png.",
         "",
     ]

@@ -6,7 +6,9 @@ import sys
 import time
 
 from ..errors import SpecbenchError
+from ..drafters.draft import DEFAULT_LAYERS, INITS
 from . import DATA_SOURCES, OBJECTIVES, TrainConfig, check_config
+from .distill import DIVERGENCES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,30 +33,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", help="the frozen target's dtype (bf16 autocast on CUDA)")
     parser.add_argument("--eval-tokens", type=int, default=128, help="tokens per held-back prompt in the card's figure")
     parser.add_argument("--heads", type=int, default=4, help="medusa: number of heads")
-    parser.add_argument("--layers", type=int, default=1, help="medusa: ResBlocks per head")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="medusa: ResBlocks per head (default 1); draft: transformer layers (default 4)")
     parser.add_argument("--own-lm-head", action="store_true", help="medusa: one LM head per head (not shared)")
     parser.add_argument("--labels", default="target", choices=["target", "data"],
                         help="medusa: the target's distribution (soft, default) or the data's token")
+    parser.add_argument("--init", default="target",
+                        help="draft: start from the target's first layers (target) or at random (fresh)")
+    parser.add_argument("--divergence", default="fkl",
+                        help=f"draft: what distillation minimises, one of {', '.join(DIVERGENCES)} (README)")
 
 
 def run(args) -> int:
     from ..loading import load_model, parse_dtype
     from . import train_drafter, training_data
-    drafter = {"num_heads": args.heads, "num_layers": args.layers, "own_lm_head": args.own_lm_head} \
-        if args.kind == "medusa" else {}
+    drafter, objective = {}, {}
+    if args.kind == "medusa":
+        drafter = {"num_heads": args.heads, "num_layers": 1 if args.layers is None else args.layers,
+                   "own_lm_head": args.own_lm_head}
+        objective = {"labels": args.labels}
+    elif args.kind == "draft":
+        drafter = {"num_layers": DEFAULT_LAYERS if args.layers is None else args.layers, "init": args.init}
+        objective = {"divergence": args.divergence}
+        if args.init not in INITS:
+            raise SpecbenchError(f"--init must be one of {', '.join(INITS)}, got {args.init!r}")
+        if args.divergence not in DIVERGENCES:
+            raise SpecbenchError(f"--divergence must be one of {', '.join(DIVERGENCES)}, got {args.divergence!r}")
     config = TrainConfig(kind="medusa" if args.kind == "data" else args.kind, data=args.data,
                          conversations=args.conversations, max_len=args.max_len, epochs=args.epochs, lr=args.lr,
                          batch_size=args.batch_size, warmup_steps=args.warmup_steps,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
-                         dtype=args.dtype, drafter=drafter,
-                         objective={"labels": args.labels} if args.kind == "medusa" else {})
+                         dtype=args.dtype, drafter=drafter, objective=objective)
     check_config(config)
     parse_dtype(args.dtype)
     if args.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
             raise SpecbenchError(f"--device {args.device}: no CUDA device is available here")
-    if args.kind == "medusa" and (args.heads < 1 or args.layers < 1):
+    if drafter.get("num_heads", 1) < 1 or drafter.get("num_layers", 1) < 1:
         raise SpecbenchError("--heads and --layers must be >= 1")
     if args.eval_tokens < 1:
         raise SpecbenchError("--eval-tokens must be >= 1")

@@ -48,7 +48,7 @@ class TrainConfig:
     dtype: str = "float32"            # the target's dtype; bf16 autocast on CUDA either way
     validation: int = 32              # conversations held back from training for the card's figures
     drafter: dict = field(default_factory=dict)   # the drafter's own hyperparameters
-    objective: dict = field(default_factory=dict)  # loss options (medusa: labels)
+    objective: dict = field(default_factory=dict)  # loss options (medusa: labels; draft: divergence)
 
     def identity(self) -> dict:
         """What must match for an out folder to resume (not where or how fast it runs)."""

@@ -1,0 +1,95 @@
+"""Distilling a draft model from its target (DistillSpec, Zhou et al. 2024): at every assistant
+position, a divergence between the frozen target's next-token distribution p and the draft's q,
+over the whole vocabulary.
+
+- `fkl`  KL(p || q): classic knowledge distillation (covers every mode of p).
+- `rkl`  KL(q || p): mode-seeking.
+- `jsd`  Jensen-Shannon: KL(p || m) / 2 + KL(q || m) / 2 with m = (p + q) / 2.
+- `tvd`  total variation, sum |p - q| / 2 = 1 - sum min(p, q): exactly the probability that
+  speculative sampling at temperature 1 rejects the draft's token, so minimising it maximises
+  that acceptance (DistillSpec's argument for it).
+
+DistillSpec also finds on-policy data (sequences the target generates) better than a fixed corpus:
+the self-distilled token file (`specbench train data --data self_distill`) is exactly that for
+greedy decoding. Metrics per predicted token: the loss, `agree` (the draft's argmax is the
+target's: greedy acceptance of one position) and `accept` (sum min(p, q)).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..drafters.draft import DraftLayers
+from ..errors import SpecbenchError
+from ..generate import generate
+from ..model import Transformer
+from .data import TokenData
+from .trainer import target_pass
+
+DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
+
+
+def divergence(logp: torch.Tensor, logq: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-row divergence [m] between the log-distributions logp, logq [m, V]."""
+    p, q = logp.exp(), logq.exp()
+    if kind == "fkl":
+        return (p * (logp - logq)).sum(-1)
+    if kind == "rkl":
+        return (q * (logq - logp)).sum(-1)
+    if kind == "tvd":
+        return 0.5 * (p - q).abs().sum(-1)
+    logm = torch.logaddexp(logp, logq) - math.log(2)
+    return 0.5 * (p * (logp - logm)).sum(-1) + 0.5 * (q * (logq - logm)).sum(-1)
+
+
+class DistillObjective:
+    feature_layers: tuple[int, ...] = ()     # the draft needs only the target's logits
+
+    def __init__(self, drafter: DraftLayers, model: Transformer, divergence: str = "fkl"):
+        if divergence not in DIVERGENCES:
+            raise SpecbenchError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {divergence!r}")
+        self.drafter, self.divergence = drafter, divergence
+
+    def loss(self, model: Transformer, features: torch.Tensor | None, logits: torch.Tensor, ids: torch.Tensor,
+             mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
+        m = mask[1:]                                      # row i predicts ids[i + 1]
+        count = int(m.sum())
+        if not count:
+            return logits.new_zeros(()), {}, 0
+        logq = self.drafter(ids, model)[:-1][m].float().log_softmax(-1)
+        logp = logits[:-1][m].float().log_softmax(-1)
+        loss = divergence(logp, logq, self.divergence).sum()
+        with torch.no_grad():
+            metrics = {"loss": loss.item(), "agree": float((logq.argmax(-1) == logp.argmax(-1)).sum()),
+                       "accept": float(torch.minimum(logp.exp(), logq.exp()).sum())}
+        return loss, metrics, count
+
+    @torch.no_grad()
+    def evaluate(self, model: Transformer, data: TokenData, indices: list[int], eval_tokens: int) -> dict:
+        """Held-back conversations: the per-token metrics (teacher-forced), then greedy `sps` with
+        this draft from their first prompts: mean accepted tokens and acceptance rate."""
+        sums: dict[str, float] = {}
+        count, prompts = 0, []
+        self.drafter.eval()
+        for i in indices:
+            ids, mask = data.item(i)
+            logits, feats = target_pass(model, ids, self.feature_layers)
+            _, metrics, n = self.loss(model, feats, logits, ids.to(model.device), mask.to(model.device))
+            count += n
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            first = int(mask.nonzero()[0]) if mask.any() else len(ids)
+            if 1 < first < model.args.max_position_embeddings - eval_tokens:
+                prompts.append(ids[:first].tolist())
+        steps = tokens = drafted = accepted = 0
+        for prompt in prompts:
+            out = generate(model, prompt, method="sps", draft=self.drafter, max_new_tokens=eval_tokens)
+            steps += out.stats["steps"]
+            tokens += out.stats["new_tokens"]
+            drafted += sum(out.stats["draft_tokens"])
+            accepted += sum(a - 1 for a in out.stats["accepted_lengths"])
+        self.drafter.float()
+        return {**{f"val_{k}": round(v / max(1, count), 4) for k, v in sums.items()},
+                "eval_prompts": len(prompts), "eval_tokens": eval_tokens,
+                "mean_accepted": tokens / max(1, steps), "acceptance_rate": accepted / max(1, drafted)}
