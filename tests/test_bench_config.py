@@ -44,7 +44,8 @@ def test_list_form_labels_and_defaults(qfile):
     ({"methods": ["nope"]}, "unknown method 'nope'"),
     ({"methods": {"x": {"method": "nope"}}}, "unknown method 'nope' (label 'x')"),
     ({"methods": {"pld": {"bogus": 1}}}, "unknown option 'bogus' for method 'pld'"),
-    ({"methods": ["sps"]}, "needs a draft model"),
+    ({"methods": {"sps": {"draft": "no/such/draft"}}}, "draft model path not found"),
+    ({"methods": ["sps"], "draft": "target:0"}, "draft model path not found"),
     ({"methods": ["vanilla"], "colour": "red"}, "unknown config key 'colour'"),
     ({"methods": ["vanilla"], "turns": "some"}, "turns must be"),
     ({"methods": ["vanilla"], "max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
@@ -63,6 +64,10 @@ def test_bad_configs_give_one_clear_error(qfile, raw, msg):
 def test_sps_gets_draft_path(qfile):
     cfg = config.resolve_config({"dataset": str(qfile), "methods": ["sps"], "draft": "target"})
     assert cfg["methods"][0]["options"] == {"draft": "target"}
+    cfg = config.resolve_config({"dataset": str(qfile), "methods": {"sps": {"draft": "target:4"}}})
+    assert cfg["methods"][0]["options"] == {"draft": "target:4"}
+    cfg = config.resolve_config({"dataset": str(qfile), "methods": ["sps"]})   # the shipped draft
+    assert cfg["methods"][0]["options"] == {}
     cfg = config.resolve_config({"dataset": str(qfile), "methods": {"sps": {"draft": str(qfile)}}})
     assert cfg["methods"][0]["options"] == {"draft": str(qfile.resolve())}
 

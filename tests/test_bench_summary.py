@@ -99,3 +99,16 @@ def test_specbench_layout(answers):
     df = summary.summarize(answers, METHODS, "vanilla")
     assert sum(speeds) / len(speeds) == pytest.approx(row(df, "pld").tokens_per_s)
     assert specbench_format.to_specbench(answers, "hf_pld")[0]["choices"][0]["accept_lengths"] == []
+
+
+def test_acceptance_rate_is_accepted_over_drafted():
+    """accepted draft tokens (accepted length - 1 per step) over drafted tokens, pooled."""
+    rows = [ans(1, "x", "vanilla", 4, 1.0, 1, [1] * 4, True), ans(1, "x", "sps", 6, 1.0, 1, [4, 1, 1], True),
+            ans(2, "x", "vanilla", 2, 1.0, 1, [1, 1], True), ans(2, "x", "sps", 3, 1.0, 1, [3], True)]
+    for a, drafts in zip(rows, ([0] * 4, [3, 3, 3], [0, 0], [4])):
+        a["draft_tokens"] = drafts
+    methods = [{"label": "vanilla", "method": "vanilla", "options": {}}, {"label": "sps", "method": "sps", "options": {}}]
+    df = summary.summarize(rows, methods, "vanilla")
+    assert row(df, "sps").acceptance_rate == pytest.approx((3 + 0 + 0 + 2) / (3 + 3 + 3 + 4))
+    assert math.isnan(row(df, "vanilla").acceptance_rate)       # nothing drafted
+    assert "acc. rate" in summary.overall_table(df)

@@ -70,6 +70,31 @@ def test_sampling_matches_vanilla(target, prompt, draft, method, temperature, to
     assert pvalue > ALPHA, f"{method} output distribution differs from vanilla (p = {pvalue:.2e})"
 
 
+@pytest.fixture(scope="module")
+def exported_draft(target, tmp_path_factory):
+    """A draft through every folder form: the target's first 2 layers saved compact (layers only),
+    materialised on the target, written as a Hugging Face folder, loaded back with load_model."""
+    import torch
+
+    from specbench.drafters.draft import DraftLayers
+    tmp = tmp_path_factory.mktemp("draft")
+    drafter = DraftLayers.for_target(target, num_layers=2, init="target")
+    drafter.init_from_target(target)
+    compact = drafter.save(tmp / "compact", dtype=torch.float64)
+    full = specbench.save_model(specbench.load_draft(compact, target), tmp / "full")
+    return specbench.load_model(full, dtype="float64")
+
+
+@settings(max_examples=2)
+@given(temperature=st.sampled_from([0.7, 1.0, 1.4]), top_k=st.sampled_from([0, 5]),
+       top_p=st.sampled_from([1.0, 0.8]))
+def test_sampling_matches_vanilla_with_an_exported_draft(target, prompt, exported_draft, temperature, top_k, top_p):
+    params = SamplingParams(temperature, top_k, top_p)
+    pvalue, stats = check(target, prompt, "sps", params, draft=exported_draft, num_draft=3)
+    assert sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats) > 0, "vacuous: nothing accepted"
+    assert pvalue > ALPHA, f"sps with an exported draft differs from vanilla (p = {pvalue:.2e})"
+
+
 def test_vanilla_matches_enumeration(target, prompt):
     pvalue, _ = check(target, prompt, "vanilla", SamplingParams(1.0))
     assert pvalue > ALPHA

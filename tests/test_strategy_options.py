@@ -12,7 +12,10 @@ def model():
 @pytest.mark.parametrize("method,options,message", [
     ("pld", {"num_draft": 0}, "num_draft must be >= 1"),
     ("pld", {"max_ngram": 0}, "max_ngram must be >= 1"),
-    ("sps", {}, "needs a draft model"),
+    ("sps", {}, "train one with `specbench train draft"),
+    ("sps", {"draft": "target:3"}, r"needs 1\.\.2 layers"),
+    ("sps", {"draft": 3}, "draft= must be None, 'target', 'target:K', a path or a model"),
+    ("sps", {"draft": "target:1", "num_draft": 0}, "num_draft must be an integer >= 1"),
     ("early_exit", {"num_draft": 0}, "num_draft must be >= 1"),
     ("early_exit", {"exit_layer": 0}, r"exit layer 0 is outside 1\.\.2"),
     ("early_exit", {"exit_layer": 3}, r"exit layer 3 is outside 1\.\.2"),
