@@ -117,9 +117,10 @@ class DraftLayers(Drafter):
             else:
                 param.copy_(0.02 * torch.randn(param.shape, generator=gen))
 
-    def forward(self, ids: torch.Tensor, model: Transformer) -> torch.Tensor:
-        """Logits [n, V] over one whole sequence (causal), for training. K/V go straight into
-        attention (no cache), and everything runs in this drafter's dtype whatever the target's."""
+    def forward(self, ids: torch.Tensor, model: Transformer, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [n, V] over one whole sequence (causal), for training; only at `rows` (a boolean
+        [n]) when given, as the LM head is most of the work. K/V go straight into attention (no
+        cache), and everything runs in this drafter's dtype whatever the target's."""
         dtype = self.norm.weight.dtype
         n = len(ids)
         positions = torch.arange(n, device=ids.device)
@@ -129,7 +130,7 @@ class DraftLayers(Drafter):
         for block in self.layers:
             q, k, v = block.kv(x, cos, sin)
             x = block.mix(x, q, k.transpose(0, 1), v.transpose(0, 1), mask)
-        return F.linear(self.norm(x), model.lm_head.weight.to(dtype))
+        return F.linear(self.norm(x if rows is None else x[rows]), model.lm_head.weight.to(dtype))
 
     def as_model(self, model: Transformer) -> Transformer:
         """This draft as an ordinary Transformer on `model`'s embedding and LM head (place the

@@ -57,7 +57,8 @@ class DistillObjective:
         count = int(m.sum())
         if not count:
             return logits.new_zeros(()), {}, 0
-        logq = self.drafter(ids, model)[:-1][m].float().log_softmax(-1)
+        rows = torch.cat([m, m.new_zeros(1)])             # the last row predicts nothing here
+        logq = self.drafter(ids, model, rows).float().log_softmax(-1)
         logp = logits[:-1][m].float().log_softmax(-1)
         loss = divergence(logp, logq, self.divergence).sum()
         with torch.no_grad():
