@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import specbench
+from specbench import engine
 from specbench.cli import main
 from specbench.drafters import SHIPPED
 from specbench.drafters.base import MAX_FILE_BYTES, read_shards, write_shards
 from specbench.drafters.draft import DraftLayers, first_layers
+from specbench.strategies import make_proposer
 from specbench.train import Stop, TrainConfig, train_drafter
 from specbench.train.data import TokenData
 from specbench.train.distill import DIVERGENCES, divergence
@@ -260,3 +262,23 @@ def test_shipped_draft_on_the_default_model(default_model):
         assert out.token_ids == vanilla.token_ids, prompt
         accepted += out.stats["accepted_lengths"]
     assert sum(accepted) / len(accepted) > 1.5, "the shipped draft barely agrees with its target"
+
+
+def test_draft_vocab_keeps_greedy_identity_and_drafts_only_frequent_tokens(tiny, distilled):
+    counts = specbench.load_drafter(distilled, tiny).token_counts
+    assert counts.sum() > 0
+    frequent = set(torch.sort(counts.neg(), stable=True).indices[:6].tolist())
+    seen_drafts = set()
+    for s in range(3):
+        prompt = [(s * 5 + i) % 16 for i in range(6)]
+        vanilla = specbench.generate(tiny, prompt, max_new_tokens=40).token_ids
+        proposer = make_proposer("sps", tiny, draft=distilled, draft_vocab=6)
+        propose = proposer.propose
+        proposer.propose = lambda ctx: seen_drafts.update((tree := propose(ctx)).tokens.tolist()) or tree
+        out = engine.run(tiny, proposer, prompt, specbench.SamplingParams(), 40, 0, ())
+        assert out.token_ids == vanilla
+    assert seen_drafts and seen_drafts <= frequent
+    with pytest.raises(specbench.SpecbenchError, match="draft_vocab must be a token count in 1..16"):
+        specbench.generate(tiny, [1, 2], method="sps", draft=distilled, draft_vocab=17)
+    with pytest.raises(specbench.SpecbenchError, match="draft_vocab needs a draft from `specbench train draft`"):
+        specbench.generate(tiny, [1, 2], method="sps", draft="target:1", draft_vocab=8)

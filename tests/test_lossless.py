@@ -95,6 +95,19 @@ def test_sampling_matches_vanilla_with_an_exported_draft(target, prompt, exporte
     assert pvalue > ALPHA, f"sps with an exported draft differs from vanilla (p = {pvalue:.2e})"
 
 
+def test_sampling_matches_vanilla_with_a_reduced_draft_vocabulary(target, prompt):
+    """draft_vocab: the draft samples from 8 of the 16 tokens (q = 0 on the others)."""
+    import torch
+
+    from specbench.drafters.draft import DraftLayers
+    drafter = DraftLayers.for_target(target, num_layers=2, init="target")
+    drafter.init_from_target(target)
+    drafter.token_counts += torch.bincount(torch.tensor(prompt), minlength=16)
+    pvalue, stats = check(target, prompt, "sps", SamplingParams(1.0), draft=drafter, num_draft=3, draft_vocab=8)
+    assert sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats) > 0, "vacuous: nothing accepted"
+    assert pvalue > ALPHA, f"sps with draft_vocab differs from vanilla (p = {pvalue:.2e})"
+
+
 def test_vanilla_matches_enumeration(target, prompt):
     pvalue, _ = check(target, prompt, "vanilla", SamplingParams(1.0))
     assert pvalue > ALPHA

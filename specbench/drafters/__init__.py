@@ -70,7 +70,8 @@ def load_drafter(path: str | os.PathLike, model: Transformer, kind: str | None =
         drafter = cls(target, **params)
         state = read_shards(folder)
         try:
-            drafter.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+            drafter.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                                    strict=True)
         except RuntimeError as e:
             raise SpecbenchError(f"{folder}: weights do not match config.json: {str(e).splitlines()[0]}") from e
     elif "medusa_num_heads" in config:

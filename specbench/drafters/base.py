@@ -71,11 +71,12 @@ class Drafter(nn.Module):
             raise SpecbenchError(f"this {self.kind} drafter was made for another model: {why}")
 
     def save(self, folder: str | Path, dtype: torch.dtype = torch.float16, extra: dict | None = None) -> Path:
-        """Write config.json and the weights (parameters cast to `dtype`) in shards of at most
-        MAX_FILE_BYTES."""
+        """Write config.json and the weights (floating-point tensors cast to `dtype`) in shards of
+        at most MAX_FILE_BYTES."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+                 for k, v in self.state_dict().items()}
         write_shards(state, folder)
         config = {"format": FORMAT, "kind": self.kind, **self.config(), "target": self.target, **(extra or {})}
         (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")

@@ -78,6 +78,8 @@ class DraftLayers(Drafter):
         args = self.args
         self.layers = nn.ModuleList(Block(args) for _ in range(args.num_layers))
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        # how often each token was a training target (sps's draft_vocab ranks tokens by it)
+        self.register_buffer("token_counts", torch.zeros(args.vocab_size, dtype=torch.long))
 
     @property
     def args(self) -> ModelArgs:
@@ -136,7 +138,9 @@ class DraftLayers(Drafter):
         """This draft as an ordinary Transformer on `model`'s embedding and LM head (place the
         drafter on the target's device and dtype first)."""
         self.check_target(model)
-        return stacked(model, self.layers, self.norm)
+        view = stacked(model, self.layers, self.norm)
+        view.token_counts = self.token_counts
+        return view
 
 
 def load_draft(folder: str | os.PathLike, model: Transformer) -> Transformer:

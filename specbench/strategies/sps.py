@@ -5,6 +5,11 @@ sharing the vocabulary samples a chain of `num_draft` tokens from its own proces
 train draft`; README, "A distilled draft for sps"); `specbench.drafters.draft.resolve_draft` lists
 the other forms. On CUDA the draft's decoding forwards replay CUDA graphs as the target's do: a
 few-layer draft is launch-bound too, and an eager one would cost as much as the target.
+
+`draft_vocab=N` (a frequency-ranked draft vocabulary, as FR-Spec, Zhao et al. 2025) lets the draft's
+LM head score only the N tokens most often predicted in its training data: on a CPU the head is most
+of a small draft's cost (49,152 x 576 on the default model, as much as 8 of its layers). The draft
+distribution is zero elsewhere; the verifier sees that q, so decoding stays exact.
 """
 from __future__ import annotations
 
@@ -22,17 +27,31 @@ GRAPHED_TOKENS = BUCKETS[1]   # the draft's decoding forwards (1 or 2 new tokens
 
 
 class DraftModel(Proposer):
-    def __init__(self, model: Transformer, draft=None, num_draft: int = 5):
+    def __init__(self, model: Transformer, draft=None, num_draft: int = 5, draft_vocab: int | None = None):
         if isinstance(num_draft, bool) or not isinstance(num_draft, int) or num_draft < 1:
             raise SpecbenchError(f"num_draft must be an integer >= 1, got {num_draft!r}")
+        vocab = model.args.vocab_size
+        if draft_vocab is not None and (isinstance(draft_vocab, bool) or not isinstance(draft_vocab, int)
+                                        or not 1 <= draft_vocab <= vocab):
+            raise SpecbenchError(f"draft_vocab must be a token count in 1..{vocab} or None, got {draft_vocab!r}")
         draft = resolve_draft(draft, model)
-        if draft.args.vocab_size != model.args.vocab_size:
+        if draft.args.vocab_size != vocab:
             raise SpecbenchError(f"the draft's vocabulary ({draft.args.vocab_size}) differs from the target's "
-                                 f"({model.args.vocab_size}): sps needs a shared vocabulary")
+                                 f"({vocab}): sps needs a shared vocabulary")
         if draft.device != model.device:
             raise SpecbenchError(f"the draft is on {draft.device} and the target on {model.device}: load both on one device")
         self.draft, self.num_draft = draft, num_draft
         self.max_nodes = num_draft
+        self.vocab = self.head = None
+        if draft_vocab is not None and draft_vocab < vocab:
+            counts = getattr(draft, "token_counts", None)
+            if counts is None or not counts.any():
+                raise SpecbenchError("draft_vocab needs a draft from `specbench train draft` (it counts the tokens "
+                                     "of its training data to rank them)")
+            # the most frequent tokens (ties: lower id), in id order; the head is those rows of the LM head
+            top = torch.sort(counts.neg(), stable=True).indices[:draft_vocab]
+            self.vocab = top.sort().values.to(draft.device)
+            self.head = draft.lm_head.weight[self.vocab]
 
     def begin(self, ctx: DecodeContext) -> None:
         # the draft's cache follows the target's convention: all committed tokens but the root
@@ -41,20 +60,26 @@ class DraftModel(Proposer):
         self.graphed = graphed_model(self.draft, max_len) \
             if ctx.graphed is not None and self.draft is not ctx.model else None
         if self.graphed is not None:
+            stop = None if self.vocab is None else self.draft.args.num_layers
             for n in (1, GRAPHED_TOKENS):   # capture both shapes now, not inside a timed step
-                self.graphed.prepare(n)
+                self.graphed.prepare(n, stop_layer=stop)
         self.cache = self.graphed.cache if self.graphed is not None else self.draft.new_cache(max_len)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The draft's next-token logits after new tokens x, written past its cache."""
+        """The draft's next-token logits [V] after new tokens x, written past its cache (-inf
+        outside draft_vocab's tokens)."""
         start = self.cache.length
         positions = torch.arange(start, start + len(x), device=x.device)
+        stop = None if self.vocab is None else self.draft.args.num_layers     # then the head is ours
         if self.graphed is not None and len(x) <= GRAPHED_TOKENS:
-            out = self.graphed.forward(x, positions, None)
+            out = self.graphed.forward(x, positions, None, stop_layer=stop)
         else:
-            out = self.draft(x, positions, self.cache, last_only=True)
+            out = self.draft(x, positions, self.cache, last_only=True, stop_layer=stop)
         self.cache.length += len(x)
-        return out.logits[-1]
+        if self.vocab is None:
+            return out.logits[-1]
+        scores = self.draft.norm(out.hidden[-1]) @ self.head.T
+        return scores.new_full((self.draft.args.vocab_size,), float("-inf")).index_copy_(0, self.vocab, scores)
 
     def propose(self, ctx: DecodeContext) -> DraftTree:
         pending = ctx.tokens[self.cache.length:]          # committed tokens the draft has not seen

@@ -12,7 +12,8 @@ over the whole vocabulary.
 DistillSpec also finds on-policy data (sequences the target generates) better than a fixed corpus:
 the self-distilled token file (`specbench train data --data self_distill`) is exactly that for
 greedy decoding. Metrics per predicted token: the loss, `agree` (the draft's argmax is the
-target's: greedy acceptance of one position) and `accept` (sum min(p, q)).
+target's: greedy acceptance of one position) and `accept` (sum min(p, q)). Training also counts
+the tokens the draft learns to predict (`DraftLayers.token_counts`, for sps's `draft_vocab`).
 """
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ class DistillObjective:
         logp = logits[:-1][m].float().log_softmax(-1)
         loss = divergence(logp, logq, self.divergence).sum()
         with torch.no_grad():
+            if self.drafter.training:
+                self.drafter.token_counts += torch.bincount(ids[1:][m], minlength=len(self.drafter.token_counts))
             metrics = {"loss": loss.item(), "agree": float((logq.argmax(-1) == logp.argmax(-1)).sum()),
                        "accept": float(torch.minimum(logp.exp(), logq.exp()).sum())}
         return loss, metrics, count
