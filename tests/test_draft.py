@@ -225,8 +225,8 @@ def test_no_draft_for_other_models(target):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["train", "draft", "--out", "X", "--init", "copy"], "--init must be one of target, fresh"),
-    (["train", "draft", "--out", "X", "--divergence", "kl"], "--divergence must be one of fkl, rkl, jsd, tvd"),
+    (["train", "draft", "--out", "X", "--init", "copy"], "init must be one of target, fresh, got 'copy'"),
+    (["train", "draft", "--out", "X", "--divergence", "kl"], "divergence must be one of fkl, rkl, jsd, tvd"),
     (["train", "draft", "--out", "X", "--layers", "0"], "--layers must be >= 1"),
     (["train", "draft", "--out", "X", "--data", "nope"], "--data must be"),
     (["export", "--out", "BUSY"], "not an empty folder"),
@@ -239,6 +239,22 @@ def test_cli_bad_input_is_one_line(argv, match, capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and match in err[0]
     assert not (tmp_path / "out").exists() and (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+
+
+def test_cli_trains_a_draft_with_its_options(tiny, tiny_data, tmp_path, capsys):
+    specbench.save_model(tiny, tmp_path / "target")
+    data = tiny_data.save(tmp_path / "data.npz")
+    argv = ["train", "draft", "--model", str(tmp_path / "target"), "--data", str(data), "--out", str(tmp_path / "d"),
+            "--layers", "2", "--init", "fresh", "--divergence", "tvd", "--epochs", "1", "--batch-size", "4",
+            "--eval-tokens", "8"]
+    assert main(argv) == 0
+    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert cfg["kind"] == "draft" and cfg["init"] == "fresh" and cfg["model_args"]["num_layers"] == 2
+    run = json.loads((tmp_path / "d" / "train_config.json").read_text())
+    assert run["objective"] == {"divergence": "tvd"} and run["drafter"] == {"num_layers": 2, "init": "fresh"}
+    assert "Mean accepted tokens" in capsys.readouterr().out
+    assert main(["export", "--model", str(tmp_path / "d"), "--out", str(tmp_path / "full")]) == 0
+    assert specbench.load_model(tmp_path / "full").args.num_layers == 2
 
 
 # ---- the draft shipped for the default model ------------------------------------------------------

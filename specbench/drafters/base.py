@@ -9,6 +9,7 @@ exceed MAX_FILE_BYTES: a shipped file may hold at most 16 MB), and, for trained 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -124,7 +125,7 @@ def write_shards(state: dict[str, torch.Tensor], folder: Path, max_bytes: int = 
             size = 0
         groups[-1][name] = t
         size += nbytes
-    for old in folder.glob("model*.safetensors"):
+    for old in weight_files(folder):
         old.unlink()
     names = ["model.safetensors"] if len(groups) == 1 else \
         [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
@@ -133,9 +134,15 @@ def write_shards(state: dict[str, torch.Tensor], folder: Path, max_bytes: int = 
     return [folder / n for n in names]
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """model.safetensors and model-0000i-of-0000n.safetensors shards in folder."""
+    return sorted(f for f in folder.glob("model*.safetensors")
+                  if re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", f.name))
+
+
 def read_shards(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of model.safetensors or of its shards."""
-    files = sorted(folder.glob("model*.safetensors"))
+    files = weight_files(folder)
     if not files:
         raise SpecbenchError(f"{folder} holds no model.safetensors")
     state: dict[str, torch.Tensor] = {}

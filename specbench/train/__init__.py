@@ -20,7 +20,8 @@ from ..errors import SpecbenchError
 from ..generate import generate
 from ..model import Transformer
 from .data import TokenData, self_distill, sharegpt_tokens
-from .distill import DistillObjective
+from ..drafters.draft import INITS
+from .distill import DIVERGENCES, DistillObjective
 from .medusa import RANKS, MedusaObjective
 from .trainer import Objective, Stop, TrainConfig, split, target_pass, train
 
@@ -47,6 +48,11 @@ def check_config(config: TrainConfig) -> None:
         raise SpecbenchError(f"max_len must be >= 8, got {config.max_len}")
     if config.objective.get("labels", "target") not in ("target", "data"):
         raise SpecbenchError(f"labels must be 'target' or 'data', got {config.objective['labels']!r}")
+    if config.drafter.get("init", "target") not in INITS:
+        raise SpecbenchError(f"init must be one of {', '.join(INITS)}, got {config.drafter['init']!r}")
+    if config.objective.get("divergence", "fkl") not in DIVERGENCES:
+        raise SpecbenchError(f"divergence must be one of {', '.join(DIVERGENCES)}, "
+                             f"got {config.objective['divergence']!r}")
     if not config.epochs > 0 or not config.lr > 0:
         raise SpecbenchError("epochs and lr must be > 0")
 
