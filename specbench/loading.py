@@ -103,11 +103,7 @@ def _load_dir(path: Path, device, dtype) -> Transformer:
 
     from .drafters.draft import is_compact, load_standalone
     if is_compact(path):     # our drafter layout: a draft model materialises on its target
-        from .drafters.base import read_json
-        config = read_json(path / "config.json")
-        if config.get("kind") != "draft":
-            raise SpecbenchError(f"{path} holds a {config.get('kind')} drafter, not a model: pass it as drafter=")
-        return load_standalone(path, config, device, dtype)
+        return load_standalone(path, device, dtype)
     files = sorted(path.glob("*.safetensors"))
     if not (path / "config.json").is_file() or not files:
         ggufs = sorted(path.glob("*.gguf"))

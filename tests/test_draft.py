@@ -262,6 +262,18 @@ def test_cli_trains_a_draft_with_its_options(tiny, tiny_data, tmp_path, capsys):
 SHIPPED_DRAFT = SHIPPED / "draft"
 
 
+def test_export_of_a_default_model_draft_is_self_contained(default_model, tmp_path):
+    """The exported folder carries the tokenizer and chat template, and computes the same logits."""
+    draft = first_layers(default_model, 2)
+    folder = specbench.save_model(draft, tmp_path / "full")
+    loaded = specbench.load_model(folder)
+    prompt = [{"role": "user", "content": "Name a colour."}]
+    ids = specbench.encode_prompt(loaded, prompt)
+    assert ids == specbench.encode_prompt(default_model, prompt)
+    assert loaded.args.eos_token_ids == default_model.args.eos_token_ids
+    torch.testing.assert_close(logits_of(loaded, ids), logits_of(draft, ids))
+
+
 def test_shipped_draft_on_the_default_model(default_model):
     """Runs once the lead commits the draft: then a broken folder fails here, never skips."""
     if not SHIPPED_DRAFT.exists():

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import SpecbenchError
 from ..model import Block, ModelArgs, RMSNorm, Transformer
-from .base import Drafter, target_signature
+from .base import FORMAT, Drafter, read_json, signature_mismatch, target_signature
 
 INITS = ("target", "fresh")
 DEFAULT_LAYERS = 4
@@ -149,14 +149,16 @@ def load_draft(folder: str | os.PathLike, model: Transformer) -> Transformer:
     return load_drafter(folder, model, "draft").as_model(model)
 
 
-def load_standalone(folder: Path, config: dict, device, dtype) -> Transformer:
+def load_standalone(folder: Path, device, dtype) -> Transformer:
     """`load_model` on a compact draft folder: its target comes first (`target_model` when that
     path exists here, else the default model), then the draft on it."""
     from ..loading import load_model
+    config = read_json(folder / "config.json")
+    if config.get("kind") != "draft":
+        raise SpecbenchError(f"{folder} holds a {config.get('kind')} drafter, not a model: pass it as drafter=")
     target_path = config.get("target_model")
     use = target_path if target_path and Path(target_path).exists() else None
     target = load_model(use, device=device, dtype=dtype)
-    from .base import signature_mismatch
     why = signature_mismatch(config.get("target") or {}, target)
     if why is not None:
         raise SpecbenchError(f"{folder} is a draft that shares its target's embedding, and "
@@ -174,12 +176,12 @@ def resolve_draft(draft, model: Transformer) -> Transformer:
     undistilled draft), a path (a compact draft folder, or anything load_model reads), a
     DraftLayers drafter, or a Transformer. Built once per target and argument (a benchmark calls
     generate per question, and on CUDA each draft model keeps its captured graphs)."""
-    from . import SHIPPED, _place, load_drafter
+    from . import SHIPPED, _place
     if isinstance(draft, Transformer):
         return draft
     if isinstance(draft, DraftLayers):
-        view = draft.__dict__.get("_view")
-        if view is None or view.embed is not model.embed or view.dtype != model.dtype:
+        view, own = draft.__dict__.get("_view"), draft.norm.weight
+        if view is None or view.embed is not model.embed or (own.dtype, own.device) != (model.dtype, model.device):
             draft.check_target(model)
             view = draft.__dict__["_view"] = _place(draft, model).as_model(model)
         return view
@@ -202,7 +204,7 @@ def resolve_draft(draft, model: Transformer) -> Transformer:
         if draft is None:
             loaded[key] = shipped_draft(model)
         elif is_compact(folder):
-            loaded[key] = load_drafter(folder, model, "draft").as_model(model)
+            loaded[key] = load_draft(folder, model)
         else:
             from ..loading import load_model
             loaded[key] = load_model(folder if folder.exists() else draft, device=str(model.device),
@@ -212,8 +214,7 @@ def resolve_draft(draft, model: Transformer) -> Transformer:
 
 def shipped_draft(model: Transformer) -> Transformer:
     """The draft committed for the default model, or one line naming the training command."""
-    from . import SHIPPED, load_drafter
-    from .base import read_json, signature_mismatch
+    from . import SHIPPED
     folder = SHIPPED / "draft"
     if not (folder / "config.json").is_file():
         raise SpecbenchError("sps has no draft: none is shipped with this installation; train one with "
@@ -222,10 +223,9 @@ def shipped_draft(model: Transformer) -> Transformer:
         raise SpecbenchError("sps has no draft for this model (one ships only for the default "
                              "SmolLM2-135M-Instruct): train one with `specbench train draft --model PATH "
                              "--out DIR` and pass draft=DIR (CLI: --draft DIR)")
-    return load_drafter(folder, model, "draft").as_model(model)
+    return load_draft(folder, model)
 
 
 def is_compact(folder: Path) -> bool:
     """A folder in our compact draft layout (config.json with format specbench-drafter)."""
-    from .base import FORMAT, read_json
     return (folder / "config.json").is_file() and read_json(folder / "config.json").get("format") == FORMAT
