@@ -38,4 +38,5 @@ for p in ${pids[@]+"${pids[@]}"}; do wait "$p"; done   # a failed arm stops the 
 echo "training (this invocation): $(( $(date +%s) - start )) s" | tee "$work/train_seconds.txt"
 for f in "$work"/*/card.md; do echo "== $f"; cat "$f"; done
 unset SPECBENCH_COMPILE
+[ "${TRAIN_ONLY:-0}" = 1 ] && exit 0   # the benchmark runs later on an idle GPU
 $sb bench --config experiments/gpu_draft.yaml --model "$model" --dataset "$questions" --out "$work/bench_gpu"
