@@ -23,7 +23,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--draft", default=None,
                    help="sps draft: a model path, target:K (the target's first K layers) or target "
                         "(default: the draft shipped for the default model)")
-    p.add_argument("--drafter", default=None, help="drafter folder for medusa (default: the one shipped for the default model)")
+    p.add_argument("--drafter", default=None, help="drafter folder for medusa or eagle (default: the one shipped for the default model)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import command as bench_command
     bench_command.add_arguments(sub.add_parser("bench", help="Spec-Bench-style benchmark of decoding methods"))
     from .train import command as train_command
-    train_command.add_arguments(sub.add_parser("train", help="train a drafter (Medusa heads, a distilled sps draft) for a frozen target"))
+    train_command.add_arguments(sub.add_parser("train", help="train a drafter (Medusa heads, a distilled sps draft, an EAGLE draft) for a frozen target"))
     return parser
 
 

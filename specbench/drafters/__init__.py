@@ -20,9 +20,10 @@ from ..errors import SpecbenchError
 from ..model import Transformer
 from .base import FORMAT, Drafter, read_json, read_shards, signature_mismatch, target_signature
 from .draft import DraftLayers, load_draft
+from .eagle import EagleDraft
 from .medusa import MedusaHeads
 
-DRAFTERS: dict[str, type[Drafter]] = {"medusa": MedusaHeads, "draft": DraftLayers}
+DRAFTERS: dict[str, type[Drafter]] = {"medusa": MedusaHeads, "draft": DraftLayers, "eagle": EagleDraft}
 SHIPPED = Path(__file__).parent / "shipped"
 
 
@@ -52,7 +53,7 @@ def random_drafter(model: Transformer, kind: str, seed: int = 0, **config) -> Dr
 
 def load_drafter(path: str | os.PathLike, model: Transformer, kind: str | None = None) -> Drafter:
     """A drafter folder for `model`: our layout (config.json with format specbench-drafter) or an
-    official one (FasterDecoding Medusa). Refuses one made for another model."""
+    official one (FasterDecoding Medusa, SafeAILab EAGLE-1/2). Refuses one made for another model."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise SpecbenchError(f"drafter folder not found: {path}")
@@ -76,9 +77,11 @@ def load_drafter(path: str | os.PathLike, model: Transformer, kind: str | None =
             raise SpecbenchError(f"{folder}: weights do not match config.json: {str(e).splitlines()[0]}") from e
     elif "medusa_num_heads" in config:
         drafter = MedusaHeads.from_official(folder, model)
+    elif EagleDraft.is_official(config):
+        drafter = EagleDraft.from_official(folder, model)
     else:
         raise SpecbenchError(f"{folder / 'config.json'} is neither a specbench drafter nor an official "
-                             f"Medusa layout")
+                             f"Medusa or EAGLE layout")
     if kind is not None and drafter.kind != kind:
         raise SpecbenchError(f"{folder} holds a {drafter.kind} drafter, not a {kind} one")
     return _place(drafter, model)
@@ -115,5 +118,5 @@ def resolve_drafter(drafter, model: Transformer, kind: str) -> Drafter:
                          f"got {type(drafter).__name__}")
 
 
-__all__ = ["DRAFTERS", "Drafter", "DraftLayers", "MedusaHeads", "load_draft", "load_drafter", "random_drafter",
+__all__ = ["DRAFTERS", "Drafter", "DraftLayers", "EagleDraft", "MedusaHeads", "load_draft", "load_drafter", "random_drafter",
            "resolve_drafter", "shipped_drafter", "target_signature"]

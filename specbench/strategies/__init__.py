@@ -5,6 +5,7 @@ import inspect
 
 from ..engine import Proposer
 from ..errors import SpecbenchError
+from .eagle import Eagle
 from .early_exit import EarlyExit
 from .lookahead import Lookahead
 from .medusa import Medusa
@@ -19,6 +20,7 @@ STRATEGIES: dict[str, type[Proposer]] = {
     "early_exit": EarlyExit,
     "lookahead": Lookahead,
     "medusa": Medusa,
+    "eagle": Eagle,
 }
 
 

@@ -17,15 +17,15 @@ import torch
 
 from ..drafters import DRAFTERS, Drafter, random_drafter
 from ..errors import SpecbenchError
-from ..generate import generate
 from ..model import Transformer
 from .data import TokenData, self_distill, sharegpt_tokens
 from ..drafters.draft import INITS
 from .distill import DIVERGENCES, DistillObjective
-from .medusa import RANKS, MedusaObjective
-from .trainer import Objective, Stop, TrainConfig, split, target_pass, train
+from .eagle import EagleObjective
+from .medusa import MedusaObjective
+from .trainer import DEFAULT_DATA, Stop, TrainConfig, split, train
 
-OBJECTIVES = {"medusa": MedusaObjective, "draft": DistillObjective}
+OBJECTIVES = {"medusa": MedusaObjective, "draft": DistillObjective, "eagle": EagleObjective}
 DATA_SOURCES = ("sharegpt", "self_distill")
 
 
@@ -78,36 +78,10 @@ def training_data(model: Transformer, config: TrainConfig) -> TokenData:
 
 
 def new_drafter(model: Transformer, config: TrainConfig) -> Drafter:
+    torch.manual_seed(config.seed)       # a random initialisation (EAGLE's) is the same on every run
     drafter = DRAFTERS[config.kind].for_target(model, **config.drafter)
     drafter.init_from_target(model)
     return drafter
-
-
-def evaluate(objective: Objective, model: Transformer, data: TokenData, indices: list[int],
-             eval_tokens: int) -> dict:
-    """Held-back conversations: per-head rank accuracy (the tree's input) and the mean accepted
-    tokens of greedy decoding from their first prompts, with the trained drafter."""
-    drafter = objective.drafter.to(dtype=model.dtype).eval()   # as generate will run it
-    counts = None
-    prompts = []
-    for i in indices:
-        ids, mask = data.item(i)
-        logits, feats = target_pass(model, ids, objective.feature_layers)
-        c = objective.rank_counts(model, feats, logits, mask.to(model.device))
-        counts = c if counts is None else counts + c
-        first = int(mask.nonzero()[0]) if mask.any() else len(ids)
-        if 1 < first < model.args.max_position_embeddings - eval_tokens:
-            prompts.append(ids[:first].tolist())
-    rank_accuracy = (counts[:, :RANKS] / counts.sum(-1, keepdim=True).clamp_min(1)).tolist()
-    drafter.rank_accuracy = [[round(x, 4) for x in row] for row in rank_accuracy]
-    steps = tokens = 0
-    for prompt in prompts:
-        out = generate(model, prompt, method=drafter.kind, drafter=drafter, max_new_tokens=eval_tokens)
-        steps += out.stats["steps"]
-        tokens += out.stats["new_tokens"]
-    drafter.float()
-    return {"rank_accuracy": drafter.rank_accuracy, "eval_prompts": len(prompts), "eval_tokens": eval_tokens,
-            "mean_accepted": tokens / max(1, steps)}
 
 
 def train_drafter(model: Transformer, config: TrainConfig, out: str | os.PathLike, *,
@@ -122,10 +96,7 @@ def train_drafter(model: Transformer, config: TrainConfig, out: str | os.PathLik
     start = time.perf_counter()
     result = train(objective, model, data, config, out, stop_after=stop_after, progress=progress)
     _, val_idx = split(data, config.validation)
-    # an objective may measure its drafter its own way (the draft model runs through sps)
-    measure = getattr(objective, "evaluate", None)
-    evaluation = measure(model, data, val_idx, eval_tokens) if measure is not None \
-        else evaluate(objective, model, data, val_idx, eval_tokens)
+    evaluation = objective.evaluate(model, data, val_idx, eval_tokens)
     extra = {"training": {"data": data.meta.get("source", str(config.data)), "conversations": len(data),
                           "max_len": config.max_len, "steps": result["steps"], "epochs": config.epochs,
                           "lr": config.lr, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
@@ -185,4 +156,4 @@ def write_card(out: Path, config: TrainConfig, training: dict, evaluation: dict)
     (out / "card.md").write_text("\n".join(lines))
 
 
-__all__ = ["TrainConfig", "Stop", "train_drafter", "training_data", "check_config", "random_drafter"]
+__all__ = ["DEFAULT_DATA", "TrainConfig", "Stop", "train_drafter", "training_data", "check_config", "random_drafter"]

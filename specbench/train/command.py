@@ -7,7 +7,7 @@ import time
 
 from ..errors import SpecbenchError
 from ..drafters.draft import DEFAULT_LAYERS
-from . import DATA_SOURCES, OBJECTIVES, TrainConfig, check_config
+from . import DATA_SOURCES, DEFAULT_DATA, OBJECTIVES, TrainConfig, check_config
 from .distill import DIVERGENCES
 
 
@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drafter to train, or `data` to only write a token file (for staging)")
     parser.add_argument("--out", required=True, help="output folder (a .npz file for `data`)")
     parser.add_argument("--model", default=None, help="target: GGUF, folder or hub id (default SmolLM2-135M-Instruct)")
-    parser.add_argument("--data", default="sharegpt",
-                        help=f"{' | '.join(DATA_SOURCES)} | a token file from `specbench train data` (default sharegpt)")
+    parser.add_argument("--data", default=None,
+                        help=f"{' | '.join(DATA_SOURCES)} | a token file from `specbench train data` (default per kind: "
+                             + ", ".join(f"{k} {v}" for k, v in DEFAULT_DATA.items()) + ", else sharegpt)")
     parser.add_argument("--conversations", type=int, default=2000)
     parser.add_argument("--max-len", type=int, default=1024)
     parser.add_argument("--epochs", type=float, default=1.0)

@@ -23,10 +23,9 @@ import torch
 
 from ..drafters.draft import DraftLayers
 from ..errors import SpecbenchError
-from ..generate import generate
 from ..model import Transformer
 from .data import TokenData
-from .trainer import target_pass
+from .trainer import greedy_acceptance, held_out
 
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 
@@ -74,26 +73,13 @@ class DistillObjective:
         """Held-back conversations: the per-token metrics (teacher-forced), then greedy `sps` with
         this draft from their first prompts: mean accepted tokens and acceptance rate."""
         sums: dict[str, float] = {}
-        count, prompts = 0, []
+        count = 0
         self.drafter.eval()
-        for i in indices:
-            ids, mask = data.item(i)
-            logits, feats = target_pass(model, ids, self.feature_layers)
-            _, metrics, n = self.loss(model, feats, logits, ids.to(model.device), mask.to(model.device))
+        for logits, feats, ids, mask in held_out(model, self, data, indices):
+            _, metrics, n = self.loss(model, feats, logits, ids, mask)
             count += n
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
-            first = int(mask.nonzero()[0]) if mask.any() else len(ids)
-            if 1 < first < model.args.max_position_embeddings - eval_tokens:
-                prompts.append(ids[:first].tolist())
-        steps = tokens = drafted = accepted = 0
-        for prompt in prompts:
-            out = generate(model, prompt, method="sps", draft=self.drafter, max_new_tokens=eval_tokens)
-            steps += out.stats["steps"]
-            tokens += out.stats["new_tokens"]
-            drafted += sum(out.stats["draft_tokens"])
-            accepted += sum(a - 1 for a in out.stats["accepted_lengths"])
+        figures = greedy_acceptance(model, data, indices, eval_tokens, method="sps", draft=self.drafter)
         self.drafter.float()
-        return {**{f"val_{k}": round(v / max(1, count), 4) for k, v in sums.items()},
-                "eval_prompts": len(prompts), "eval_tokens": eval_tokens,
-                "mean_accepted": tokens / max(1, steps), "acceptance_rate": accepted / max(1, drafted)}
+        return {**{f"val_{k}": round(v / max(1, count), 4) for k, v in sums.items()}, **figures}

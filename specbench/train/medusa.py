@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from ..drafters.medusa import MedusaHeads
 from ..model import Transformer
+from .data import TokenData
+from .trainer import greedy_acceptance, held_out
 
 HEAD_DECAY = 0.8
 RANKS = 10     # ranks measured per head for the tree (medusa_tree)
@@ -67,3 +69,18 @@ class MedusaObjective:
             counts[k, :RANKS] += hit.sum(0).float().cpu()
             counts[k, RANKS] += float((~hit.any(-1)).sum())
         return counts
+
+    @torch.no_grad()
+    def evaluate(self, model: Transformer, data: TokenData, indices: list[int], eval_tokens: int) -> dict:
+        """Per-head rank accuracy on the held-back conversations (stored on the heads: the default
+        tree is built from it), then greedy decoding with the heads."""
+        self.drafter.to(dtype=model.dtype).eval()          # as generate will run it
+        counts = None
+        for logits, features, _, mask in held_out(model, self, data, indices):
+            c = self.rank_counts(model, features, logits, mask)
+            counts = c if counts is None else counts + c
+        rank_accuracy = (counts[:, :RANKS] / counts.sum(-1, keepdim=True).clamp_min(1)).tolist()
+        self.drafter.rank_accuracy = [[round(x, 4) for x in row] for row in rank_accuracy]
+        figures = greedy_acceptance(model, data, indices, eval_tokens, method="medusa", drafter=self.drafter)
+        self.drafter.float()
+        return {"rank_accuracy": self.drafter.rank_accuracy, **figures}
