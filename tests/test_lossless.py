@@ -42,13 +42,21 @@ def draft():
 def method_options(method: str, draft, target) -> dict:
     if method == "medusa":   # a drafter is made for one target: drawn for this one
         return {"drafter": specbench.random_drafter(target, "medusa", seed=0), "tree": 12}
+    if method.startswith("eagle"):
+        return {"drafter": specbench.random_drafter(target, "eagle", seed=0), "tree": method.split("_")[1],
+                "depth": 3, "draft_top_k": 4, "total_tokens": 12}
     return {"pld": {"max_ngram": 3, "num_draft": 4},
             "sps": {"draft": draft, "num_draft": 3},
             "early_exit": {"exit_layer": 1, "num_draft": 3},
             "lookahead": {}}[method]
 
 
-LOSSLESS = ["pld", "sps", "early_exit", "lookahead", "medusa"]
+LOSSLESS = ["pld", "sps", "early_exit", "lookahead", "medusa", "eagle_static", "eagle_dynamic"]
+
+
+def method_name(label: str) -> str:
+    """eagle_static / eagle_dynamic are one method with two trees."""
+    return "eagle" if label.startswith("eagle") else label
 
 
 def check(target, prompt, method, params, **options):
@@ -63,7 +71,7 @@ def check(target, prompt, method, params, **options):
        top_p=st.sampled_from([1.0, 0.8]))
 def test_sampling_matches_vanilla(target, prompt, draft, method, temperature, top_k, top_p):
     params = SamplingParams(temperature, top_k, top_p)
-    pvalue, stats = check(target, prompt, method, params, **method_options(method, draft, target))
+    pvalue, stats = check(target, prompt, method_name(method), params, **method_options(method, draft, target))
     drafted = sum(sum(s["draft_tokens"]) for s in stats)
     multi = sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats)
     assert drafted > 0 and multi > 0, "the check is vacuous: nothing was drafted or accepted"
@@ -130,6 +138,29 @@ def test_negative_control_broken_verifier_fails(target, prompt, draft, monkeypat
     assert pvalue < ALPHA
 
 
+def without_residual(tree, p, greedy, rng):
+    """A broken verifier: tries every child against the target distribution itself, never against
+    the residual its rejected elder siblings leave (deterministic drafts: accept x w.p. p(x))."""
+    tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+    path, row = [], 0
+    while True:
+        for child in [i for i, par in enumerate(parents) if par == row - 1]:
+            if rng.bernoulli(float(p[row, tokens[child]])):
+                path.append(child)
+                row = child + 1
+                break
+        else:
+            return VerifyResult(path, rng.categorical(p[row]))
+
+
+def test_negative_control_tree_without_residual_fails(target, prompt, monkeypatch):
+    """EAGLE's sibling trees need the residual update: the same check rejects a verifier without it
+    (the dynamic tree; the static one goes through the same verifier)."""
+    monkeypatch.setattr(specbench.engine, "verify_tree", without_residual)
+    pvalue, _ = check(target, prompt, "eagle", SamplingParams(1.0), **method_options("eagle_dynamic", None, target))
+    assert pvalue < ALPHA
+
+
 def test_confidence_early_exit_is_lossy(target, prompt):
     """The lossy label is earned: the same check rejects confidence-based early exit."""
     pvalue, stats = check(target, prompt, "early_exit", SamplingParams(1.0), mode="confidence",
@@ -152,9 +183,10 @@ def test_greedy_identical_float64(draft, seed):
     prompt = [(seed + i) % 5 for i in range(12)]
     vanilla = specbench.generate(target, prompt, max_new_tokens=40).token_ids
     for method in LOSSLESS:
-        single = {"lookahead": {}, "medusa": {"tree": 1}}.get(method, {"num_draft": 1})
+        single = {"lookahead": {}, "medusa": {"tree": 1}, "eagle_static": {"total_tokens": 1},
+                  "eagle_dynamic": {"total_tokens": 1}}.get(method, {"num_draft": 1})
         for options in (method_options(method, draft, target), single):
             opts = {**method_options(method, draft, target), **options}
-            out = specbench.generate(target, prompt, method=method, max_new_tokens=40, **opts)
+            out = specbench.generate(target, prompt, method=method_name(method), max_new_tokens=40, **opts)
             assert out.token_ids == vanilla, (method, opts)
             assert out.stats["lossless"] is True
