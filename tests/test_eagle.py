@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import specbench
+from specbench.drafters.base import frequent_tokens
 from specbench.drafters.eagle import EagleDraft
 from specbench.strategies import eagle as eagle_strategy
 from specbench.train import TrainConfig, train_drafter
@@ -64,6 +65,20 @@ def test_trained_draft_greedy_identical_and_accepts_deeply(target, trained, tree
         assert out.token_ids == vanilla
         accepted += out.stats["accepted_lengths"]
     assert max(accepted) >= 3 and sum(accepted) / len(accepted) > 1.8
+
+
+@pytest.mark.parametrize("tree", ["dynamic", "static"])
+def test_draft_vocab_drafts_only_frequent_tokens(target, trained, tree, monkeypatch):
+    """draft_vocab=N: the draft scores only the N tokens most often seen in training; still exact."""
+    assert int(trained.token_counts.sum()) > 0                 # training counted its targets
+    allowed = set(frequent_tokens(trained.token_counts, 6).tolist())
+    seen = record_trees(monkeypatch)
+    prompt = [1, 2, 3, 4, 5]
+    out = specbench.generate(target, prompt, method="eagle", drafter=trained, tree=tree, draft_vocab=6,
+                             draft_top_k=3, max_new_tokens=40)
+    assert out.token_ids == specbench.generate(target, prompt, max_new_tokens=40).token_ids
+    assert seen and all(set(tokens) <= allowed for _, tokens, _ in seen)
+    assert max(out.stats["accepted_lengths"]) >= 2
 
 
 # ---- the drafted trees against a slow construction: fresh forwards, no cache reuse ------------------
@@ -234,11 +249,20 @@ def test_no_shipped_drafter_for_other_models(target):
     ({"tree": [[0, 0]]}, "lacks its parent"),
     ({"tree": []}, "at least one"),
     ({"tree": [[16]]}, "indices must be in 0..15"),
+    ({"draft_vocab": 0}, "draft_vocab must be an integer >= 1"),
+    ({"draft_vocab": 8}, "draft_vocab needs a drafter from `specbench train eagle`"),
 ])
 def test_bad_options(target, options, match):
     drafter = specbench.random_drafter(target, "eagle")
     with pytest.raises(specbench.SpecbenchError, match=match):
         specbench.generate(target, [1, 2], method="eagle", drafter=drafter, **options)
+
+
+def test_draft_vocab_must_hold_every_drafted_rank(target, trained):
+    with pytest.raises(specbench.SpecbenchError, match="draft_vocab 3 is smaller than the 4 choices"):
+        specbench.generate(target, [1, 2], method="eagle", drafter=trained, draft_top_k=4, draft_vocab=3)
+    with pytest.raises(specbench.SpecbenchError, match="draft_vocab 2 is smaller than the 3 choices"):
+        specbench.generate(target, [1, 2], method="eagle", drafter=trained, tree=[[0], [2]], draft_vocab=2)
 
 
 def test_static_default_tree_follows_measured_rank_accuracy(target):
@@ -280,7 +304,8 @@ def test_cuda_graphed_draft_step(tree, monkeypatch):
     trees = list(seen)
     seen.clear()
     monkeypatch.setattr(eagle_strategy, "GraphedDraftStep",
-                        lambda model, drafter, plan, size, pending: eagle_strategy.DraftStep(model, drafter, plan, size))
+                        lambda model, drafter, plan, size, vocab, pending:
+                        eagle_strategy.DraftStep(model, drafter, plan, size, vocab))
     eager = specbench.generate(target, prompt, method="eagle", drafter=specbench.random_drafter(target, "eagle", seed=1),
                                **options)
     assert eager.token_ids == vanilla and seen == trees

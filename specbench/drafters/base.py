@@ -84,6 +84,12 @@ class Drafter(nn.Module):
         return folder
 
 
+def frequent_tokens(counts: torch.Tensor, n: int) -> torch.Tensor:
+    """The n tokens a drafter most often saw as targets in training (ties: the lower id), in id
+    order: a draft vocabulary (FR-Spec) for `sps` and `eagle`'s `draft_vocab`."""
+    return torch.sort(counts.neg(), stable=True).indices[:n].sort().values
+
+
 def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())

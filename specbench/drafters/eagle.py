@@ -60,6 +60,8 @@ class EagleDraft(Drafter):
         self.fc = nn.Linear(2 * dim, dim, bias=fc_bias)
         self.layer = Block(self.args)
         self.layer.attn_norm = nn.Identity()
+        # how often each token was a training target (the `draft_vocab` option ranks tokens by it)
+        self.register_buffer("token_counts", torch.zeros(self.args.vocab_size, dtype=torch.long))
 
     @classmethod
     def for_target(cls, model: Transformer, **config) -> "EagleDraft":
@@ -218,8 +220,10 @@ class EagleDraft(Drafter):
             ours["fc.bias"] = state["fc.bias"]
         if qkv_bias:
             ours["layer.wqkv.bias"] = torch.cat([state[p + f"self_attn.{x}_proj.bias"] for x in "qkv"])
+        ours = {k: v.float() for k, v in ours.items()}
+        ours["token_counts"] = drafter.token_counts    # the official layout keeps no counts
         try:
-            drafter.load_state_dict({k: v.float() for k, v in ours.items()}, strict=True)
+            drafter.load_state_dict(ours, strict=True)
         except RuntimeError as e:
             raise SpecbenchError(f"{folder}: EAGLE weights do not fit its config.json: {str(e).splitlines()[0]}") from e
         return drafter

@@ -34,6 +34,7 @@ import torch
 
 from ..cuda_graph import BUCKETS
 from ..drafters import resolve_drafter
+from ..drafters.base import frequent_tokens
 from ..drafters.eagle import EagleDraft
 from ..drafters.medusa import check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer, StepResult
@@ -41,10 +42,11 @@ from ..errors import SpecbenchError
 from ..model import Transformer
 from ..tree import DraftTree, depths
 
-# default tree settings per device; provisional until the sweep in experiments/gpu_eagle_sweep.yaml
-# (README, "EAGLE"): a CPU pays per draft level (the LM head) and per verified token, a GPU hardly
-DEFAULT_TREE = {"cpu": {"depth": 4, "draft_top_k": 4, "total_tokens": 10},
-                "cuda": {"depth": 6, "draft_top_k": 10, "total_tokens": 60}}
+# default settings per device; provisional until the sweeps experiments/gpu_eagle_sweep.yaml and
+# cpu_eagle_sweep.yaml (README, "EAGLE"): a CPU pays per draft level (above all the LM head) and per
+# verified token, a GPU much less
+DEFAULTS = {"cpu": {"depth": 4, "draft_top_k": 4, "total_tokens": 10, "draft_vocab": None},
+            "cuda": {"depth": 6, "draft_top_k": 10, "total_tokens": 60, "draft_vocab": None}}
 MAX_NODES = BUCKETS[-1] - 1     # the root and the tree must fit the largest target forward
 
 
@@ -168,16 +170,22 @@ class DraftStep:
     """One drafting step on the draft's own cache: the pending rows (committed tokens with the
     target's features, the root last) in one causal forward, then the tree's levels."""
 
-    def __init__(self, model: Transformer, drafter: EagleDraft, plan, max_len: int):
-        self.model, self.drafter, self.plan = model, drafter, plan
+    def __init__(self, model: Transformer, drafter: EagleDraft, plan, max_len: int, vocab: torch.Tensor | None):
+        self.model, self.drafter, self.plan, self.vocab = model, drafter, plan, vocab
+        self.head = None if vocab is None else model.lm_head.weight[vocab]
         self.cache = drafter.new_cache(max_len, model.device, model.dtype)
 
     def rows(self, feats, tokens, positions, slots, mask) -> torch.Tensor:
         return self.drafter(feats, tokens, positions, self.cache, mask, self.model, slots=slots, span=mask.shape[1])
 
     def logp(self, h: torch.Tensor) -> torch.Tensor:
-        logits = self.model.lm_head(h)
-        return torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
+        """Draft log-probabilities [n, V]; with a draft vocabulary, over its tokens (-inf elsewhere)."""
+        logits = self.model.lm_head(h) if self.vocab is None else h @ self.head.T
+        logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
+        if self.vocab is None:
+            return logp
+        full = logp.new_full((logp.shape[0], self.model.args.vocab_size), float("-inf"))
+        return full.index_copy_(1, self.vocab, logp)
 
     @staticmethod
     def tree_mask(cols: torch.Tensor, committed: torch.Tensor, anc: torch.Tensor) -> torch.Tensor:
@@ -206,8 +214,9 @@ class GraphedDraftStep(DraftStep):
     `pending` (they write past the committed rows, where tree rows or later steps overwrite them),
     attention over the whole cache with masks."""
 
-    def __init__(self, model: Transformer, drafter: EagleDraft, plan, max_len: int, pending: int):
-        super().__init__(model, drafter, plan, max_len)
+    def __init__(self, model: Transformer, drafter: EagleDraft, plan, max_len: int, vocab: torch.Tensor | None,
+                 pending: int):
+        super().__init__(model, drafter, plan, max_len, vocab)
         device = model.device
         self.tokens = torch.zeros(pending, dtype=torch.long, device=device)
         self.raw = torch.zeros(pending, model.args.hidden_size, dtype=model.dtype, device=device)
@@ -235,26 +244,29 @@ class GraphedDraftStep(DraftStep):
         return self.out[0].clone(), self.out[1] if self.out[1].device.type == "cpu" else self.out[1].clone()
 
 
-def draft_step(model: Transformer, drafter: EagleDraft, plan, need: int) -> DraftStep:
-    """The drafter's step for this tree and at least `need` cache slots, kept across generations
-    (a CUDA graph costs a capture; sizes are rounded up to 1024)."""
+def draft_step(model: Transformer, drafter: EagleDraft, plan, need: int, draft_vocab: int | None) -> DraftStep:
+    """The drafter's step for this tree, draft vocabulary and at least `need` cache slots, kept
+    across generations (a CUDA graph costs a capture; sizes are rounded up to 1024)."""
     size = -(-need // 1024) * 1024
-    key = (plan.key, size, str(model.device), model.dtype, id(model))
+    key = (plan.key, draft_vocab, size, str(model.device), model.dtype, id(model))
     steps = drafter.__dict__.setdefault("_steps", {})
     if key not in steps:
         plan = plan.to(model.device)
-        steps[key] = GraphedDraftStep(model, drafter, plan, size, plan.depth + 1) if model.device.type == "cuda" \
-            else DraftStep(model, drafter, plan, size)
+        vocab = None if draft_vocab is None else frequent_tokens(drafter.token_counts, draft_vocab).to(model.device)
+        steps[key] = GraphedDraftStep(model, drafter, plan, size, vocab, plan.depth + 1) \
+            if model.device.type == "cuda" else DraftStep(model, drafter, plan, size, vocab)
     return steps[key]
 
 
 class Eagle(Proposer):
     def __init__(self, model: Transformer, drafter=None, tree: str | list = "dynamic", depth: int | None = None,
-                 draft_top_k: int | None = None, total_tokens: int | None = None):
+                 draft_top_k: int | None = None, total_tokens: int | None = None, draft_vocab: int | None = None):
         given = {name: value for name, value in (("depth", depth), ("draft_top_k", draft_top_k),
                                                  ("total_tokens", total_tokens)) if value is not None}
         for name, value in given.items():
             _count(name, value)
+        if draft_vocab is not None:
+            _count("draft_vocab", draft_vocab)
         if isinstance(tree, str) and tree not in ("static", "dynamic"):
             raise SpecbenchError(f"tree must be 'dynamic', 'static' or a list of index paths, got {tree!r}")
         if not isinstance(tree, (str, list, tuple)):
@@ -262,7 +274,9 @@ class Eagle(Proposer):
         if not isinstance(tree, str) and given:
             raise SpecbenchError(f"an explicit tree fixes its own shape: drop {', '.join(given)}")
         vocab = model.args.vocab_size
-        settings = {**DEFAULT_TREE.get(model.device.type, DEFAULT_TREE["cuda"]), **given}
+        defaults = DEFAULTS.get(model.device.type, DEFAULTS["cuda"])
+        settings = {**defaults, **given}
+        self.draft_vocab = draft_vocab if draft_vocab is not None else defaults["draft_vocab"]
         if settings["draft_top_k"] > vocab:
             raise SpecbenchError(f"draft_top_k must be at most the vocabulary size {vocab}, "
                                  f"got {settings['draft_top_k']}")
@@ -281,15 +295,30 @@ class Eagle(Proposer):
                 if len(paths) > MAX_NODES:
                     raise SpecbenchError(f"tree must hold at most {MAX_NODES} paths, got {len(paths)}")
             self.plan = StaticTree(paths)
+        if self.draft_vocab is not None:
+            self.draft_vocab = self._check_draft_vocab(self.draft_vocab, vocab)
         self.tree_kind = tree if isinstance(tree, str) else "static"
         self.model = model
         self.max_nodes = self.plan.size
         self.feature_layers = (model.args.num_layers,)
 
+    def _check_draft_vocab(self, draft_vocab: int, vocab: int) -> int | None:
+        """The draft vocabulary's size (None: the whole vocabulary); it must hold every rank drafted."""
+        if draft_vocab >= vocab:
+            return None
+        if not self.drafter.token_counts.any():
+            raise SpecbenchError("draft_vocab needs a drafter from `specbench train eagle` (it counts the tokens "
+                                 "of its training data to rank them)")
+        ranks = self.plan.top_k if isinstance(self.plan, DynamicTree) else 1 + max(max(p) for p in self.plan.paths)
+        if draft_vocab < ranks:
+            raise SpecbenchError(f"draft_vocab {draft_vocab} is smaller than the {ranks} choices drafted per node")
+        return draft_vocab
+
     def begin(self, ctx: DecodeContext) -> None:
         n = len(ctx.tokens)
         self.step = draft_step(self.model, self.drafter, self.plan,
-                               ctx.prompt_len + ctx.max_new_tokens + self.plan.depth + self.plan.tree_rows + 2)
+                               ctx.prompt_len + ctx.max_new_tokens + self.plan.depth + self.plan.tree_rows + 2,
+                               self.draft_vocab)
         self.length = 0                        # draft cache rows (row j: token j + 1)
         self.pending = None                    # (tokens, raw target features) of rows to write next
         if ctx.prefill_features is None:       # a one-token prompt: nothing to draft from yet

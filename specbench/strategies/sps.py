@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..cuda_graph import BUCKETS, graphed_model
+from ..drafters.base import frequent_tokens
 from ..drafters.draft import resolve_draft
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
@@ -48,9 +49,8 @@ class DraftModel(Proposer):
             if counts is None or not counts.any():
                 raise SpecbenchError("draft_vocab needs a draft from `specbench train draft` (it counts the tokens "
                                      "of its training data to rank them)")
-            # the most frequent tokens (ties: lower id), in id order; the head is those rows of the LM head
-            top = torch.sort(counts.neg(), stable=True).indices[:draft_vocab]
-            self.vocab = top.sort().values.to(draft.device)
+            # the most frequent tokens; the head is those rows of the LM head
+            self.vocab = frequent_tokens(counts, draft_vocab).to(draft.device)
             self.head = draft.lm_head.weight[self.vocab]
 
     def begin(self, ctx: DecodeContext) -> None:

@@ -56,6 +56,8 @@ class EagleObjective:
         logp = torch.log_softmax(model.lm_head(out.to(model.dtype)).float(), dim=-1)
         ce = -(p * logp).sum()
         total = FEATURE_WEIGHT * feature_loss + CE_WEIGHT * ce
+        if self.drafter.training:
+            self.drafter.token_counts += torch.bincount(ids[1:][rows], minlength=len(self.drafter.token_counts))
         agree = float((logp.argmax(-1) == p.argmax(-1)).sum())
         return total, {"loss": total.item(), "loss_feature": feature_loss.item(), "loss_ce": ce.item(),
                        "agree": agree}, count
