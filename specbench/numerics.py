@@ -39,8 +39,14 @@ def check_numerics(mode: str) -> str:
     return mode
 
 
+def uses_kernels(t: torch.Tensor) -> bool:
+    """Whether work on `t` runs the Triton kernels: on CUDA (tests redirect CPU tensors here to run
+    them under TRITON_INTERPRET=1)."""
+    return t.is_cuda
+
+
 def _ops():
-    """The Triton kernels as custom operators (imported on first CUDA use: triton is optional)."""
+    """The Triton kernels as custom operators (imported on first use: triton is optional)."""
     from specbench_kernels import ops
     return ops
 
@@ -48,7 +54,7 @@ def _ops():
 def linear(x: torch.Tensor, layer: nn.Linear, mode: str) -> torch.Tensor:
     if mode == "fast":
         return layer(x)
-    if x.is_cuda:
+    if uses_kernels(x):
         return _ops().matmul(x, layer.weight, layer.bias)
     rows = x.shape[0]
     padded = torch.cat([x, x.new_zeros((-rows) % CPU_ROWS, x.shape[1])])
@@ -58,13 +64,13 @@ def linear(x: torch.Tensor, layer: nn.Linear, mode: str) -> torch.Tensor:
 
 
 def rms_norm(x: torch.Tensor, norm: nn.Module, mode: str) -> torch.Tensor:
-    if mode == "batch_invariant" and x.is_cuda:
+    if mode == "batch_invariant" and uses_kernels(x):
         return _ops().rms_norm(x, norm.weight, norm.eps)
     return norm(x)
 
 
 def silu(x: torch.Tensor, mode: str) -> torch.Tensor:
-    if mode == "fast" or x.is_cuda:   # a CUDA elementwise kernel computes every element alike
+    if mode == "fast" or uses_kernels(x):   # a CUDA elementwise kernel computes every element alike
         return F.silu(x)
     return torch.stack([F.silu(row.clone()) for row in x])
 
@@ -97,7 +103,7 @@ class Attention:
                  positions: torch.Tensor):
         self.mode, self.mask, self.positions = mode, mask, positions
         n, device = positions.shape[0], positions.device
-        if device.type == "cuda":
+        if uses_kernels(positions):
             self.start = start.reshape(1) if isinstance(start, torch.Tensor) else \
                 torch.tensor([start], dtype=torch.long, device=device)
             if mode == "batch_invariant":
@@ -121,7 +127,7 @@ class Attention:
 
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         """q [n, heads, d] -> [n, heads, d]; k_cache, v_cache [kv_heads, slots, d] (one layer)."""
-        if q.is_cuda:
+        if uses_kernels(q):
             if self.mode == "fast":
                 return _ops().tree_attention(q, k_cache, v_cache, self.start, self.mask)
             return _ops().invariant_attention(q, k_cache, v_cache, self.start, self.table, self.positions)
