@@ -20,18 +20,7 @@ from specbench_kernels.attention import attention_reference, invariant_attention
 from specbench_kernels.matmul import BLOCK_M, matmul, matmul_reference  # noqa: E402
 from specbench_kernels.rmsnorm import rms_norm, rms_norm_reference  # noqa: E402
 
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
-DTYPES = list(TOL)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """Largest absolute error relative to the largest reference value."""
-    assert torch.isfinite(out).all()
-    return ((out.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
-
-
-def randn(*shape, dtype=torch.float32, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+from attention_cases import DTYPES, TOL, attention_case, randn, random_tree, rel_err  # noqa: E402, I001
 
 
 # ---- matrix multiply ------------------------------------------------------------------------
@@ -69,31 +58,6 @@ def test_rms_norm_matches_reference_and_is_batch_invariant(dtype, dim):
 
 
 # ---- attention ------------------------------------------------------------------------------
-
-def random_tree(n: int, seed: int):
-    """parents (each node's parent precedes it; -1: a child of the committed text), the
-    ancestor-or-self mask [n, n] and the depths."""
-    gen = torch.Generator().manual_seed(seed)
-    parents = [-1] + [int(torch.randint(-1, i, (1,), generator=gen)) for i in range(1, n)]
-    mask = torch.zeros(n, n, dtype=torch.bool)
-    depth = []
-    for i, p in enumerate(parents):
-        if p >= 0:
-            mask[i] = mask[p]
-        mask[i, i] = True
-        depth.append(0 if p < 0 else depth[p] + 1)
-    return parents, mask, torch.tensor(depth)
-
-
-def attention_case(dtype, heads, kv_heads, d, start, n, seed=0, slots=160):
-    """q, a cache whose slots past the live ones hold NaN (a kernel that reads them fails), a tree."""
-    q = randn(n, heads, d, dtype=dtype, seed=seed)
-    k, v = randn(kv_heads, slots, d, dtype=dtype, seed=seed + 1), randn(kv_heads, slots, d, dtype=dtype, seed=seed + 2)
-    k[:, start + n:] = float("nan")
-    v[:, start + n:] = float("nan")
-    parents, mask, depth = random_tree(n, seed)
-    return q, k, v, parents, mask, start + depth
-
 
 SHAPES = [(6, 2, 16), (4, 4, 8)]          # GQA with a group of 3 (padded to 4); MHA with d=8 (padded)
 LAYOUTS = [(0, 1), (0, 6), (45, 1), (45, 20), (100, 9)]    # (committed length, new tokens)
