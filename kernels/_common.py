@@ -5,6 +5,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 # Triton kernels accept these element types; float64 models stay on the PyTorch paths.
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -15,11 +16,23 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def upcast_dots(dtype: torch.dtype) -> bool:
-    """Whether tl.dot operands must go to float32 first: Triton's interpreter multiplies bfloat16
-    tiles as raw integers (measured with triton 3.9: errors of 1e10), and a bfloat16 x bfloat16
-    product is exact in float32, so upcasting changes nothing else."""
-    return interpreted() and dtype in (torch.bfloat16, torch.float16)
+def emulate_dots() -> bool:
+    """Whether `dot` computes its products elementwise instead of with tl.dot: under the
+    interpreter, tl.dot is numpy's matmul, which multiplies bfloat16 tiles as raw integers
+    (measured with triton 3.9: errors of 1e10) and whose float32 result for a row depends on the
+    row's place in the tile (OpenBLAS kernels handle rows in groups: measured, rows 6-11 of each
+    12 differ from rows 0-5). A GPU's MMA computes every row alike; gpu_check measures that."""
+    return interpreted()
+
+
+@triton.jit
+def dot(a, b, acc, EMULATE: tl.constexpr):
+    """acc + a @ b in float32, with the products exact and every row summed in one order."""
+    if EMULATE:
+        acc += tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+    else:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    return acc
 
 
 def pad(n: int, least: int = 16) -> int:

@@ -26,21 +26,21 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, pad, upcast_dots
+from ._common import check_dtype, dot, emulate_dots, pad
 
 SPLIT = 256          # slots (or positions) per program; fixed, so the reduction order is fixed
 BLOCK_N = 64         # keys per inner step
 
 
 @triton.jit
-def _online_softmax_step(s, v, m, l, acc):
+def _online_softmax_step(s, v, m, l, acc, EMULATE: tl.constexpr):
     """Fold scores s [R, BN] (-inf = not visible) and values v [BN, DPAD] into (m, l, acc)."""
     m_new = tl.maximum(m, tl.max(s, axis=1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)      # a row with nothing visible yet
     alpha = tl.exp(m - m_use)
     p = tl.exp(s - m_use[:, None])
     l = l * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    acc = dot(p.to(v.dtype), v, acc * alpha[:, None], EMULATE)
     return m_new, l, acc
 
 
@@ -49,7 +49,7 @@ def _tree_split_kernel(Q, K, V, START, MASK, PM, PL, PACC, n, stride_qn, stride_
                        stride_vh, stride_mask, scale, NSPLIT,
                        GROUP: tl.constexpr, GPAD: tl.constexpr, BLOCK_T: tl.constexpr,
                        BN: tl.constexpr, D: tl.constexpr, DPAD: tl.constexpr, SPLIT_: tl.constexpr,
-                       CAUSAL: tl.constexpr, UPCAST: tl.constexpr):
+                       CAUSAL: tl.constexpr, EMULATE: tl.constexpr):
     kvh, split = tl.program_id(1), tl.program_id(2)
     start = tl.load(START)
     end = start + n
@@ -66,8 +66,6 @@ def _tree_split_kernel(Q, K, V, START, MASK, PM, PL, PACC, n, stride_qn, stride_
     d_ok = d < D
     q = tl.load(Q + tok[:, None] * stride_qn + head[:, None] * stride_qh + d[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
     m = tl.full((BLOCK_T * GPAD,), float("-inf"), tl.float32)
     l = tl.zeros((BLOCK_T * GPAD,), tl.float32)
     acc = tl.zeros((BLOCK_T * GPAD, DPAD), tl.float32)
@@ -77,9 +75,7 @@ def _tree_split_kernel(Q, K, V, START, MASK, PM, PL, PACC, n, stride_qn, stride_
         kv_mask = col_ok[:, None] & d_ok[None, :]
         k = tl.load(K + kvh * stride_kh + cols[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(V + kvh * stride_vh + cols[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        s = dot(q, tl.trans(k), tl.zeros((q.shape[0], BN), tl.float32), EMULATE) * scale
         j = cols - start                      # index among the new tokens (negative: committed)
         if CAUSAL:
             sees_new = j[None, :] <= tok[:, None]
@@ -88,7 +84,7 @@ def _tree_split_kernel(Q, K, V, START, MASK, PM, PL, PACC, n, stride_qn, stride_
                                mask=row_ok[:, None] & (col_ok & (j >= 0))[None, :], other=0) != 0
         visible = row_ok[:, None] & col_ok[None, :] & ((j < 0)[None, :] | sees_new)
         s = tl.where(visible, s, float("-inf"))
-        m, l, acc = _online_softmax_step(s, v, m, l, acc)
+        m, l, acc = _online_softmax_step(s, v, m, l, acc, EMULATE)
     part = (tok * (tl.num_programs(1) * GROUP) + head) * NSPLIT + split
     tl.store(PM + part, m, mask=row_ok)
     tl.store(PL + part, l, mask=row_ok)
@@ -100,7 +96,7 @@ def _invariant_split_kernel(Q, K, V, START, TAIL, POS, PM, PL, PACC, n, T, strid
                             stride_kh, stride_vh, scale, NSPLIT,
                             GROUP: tl.constexpr, GPAD: tl.constexpr, BN: tl.constexpr,
                             D: tl.constexpr, DPAD: tl.constexpr, SPLIT_: tl.constexpr,
-                            UPCAST: tl.constexpr):
+                            EMULATE: tl.constexpr):
     tok, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(START)
     p = tl.load(POS + tok)                    # the token's position: it sees positions 0..p
@@ -115,8 +111,6 @@ def _invariant_split_kernel(Q, K, V, START, TAIL, POS, PM, PL, PACC, n, T, strid
     d_ok = d < D
     q = tl.load(Q + tok * stride_qn + head[:, None] * stride_qh + d[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
     m = tl.full((GPAD,), float("-inf"), tl.float32)
     l = tl.zeros((GPAD,), tl.float32)
     acc = tl.zeros((GPAD, DPAD), tl.float32)
@@ -129,11 +123,9 @@ def _invariant_split_kernel(Q, K, V, START, TAIL, POS, PM, PL, PACC, n, T, strid
         kv_mask = key_ok[:, None] & d_ok[None, :]
         k = tl.load(K + kvh * stride_kh + slot[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(V + kvh * stride_vh + slot[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        s = dot(q, tl.trans(k), tl.zeros((q.shape[0], BN), tl.float32), EMULATE) * scale
         s = tl.where(row_ok[:, None] & key_ok[None, :], s, float("-inf"))
-        m, l, acc = _online_softmax_step(s, v, m, l, acc)
+        m, l, acc = _online_softmax_step(s, v, m, l, acc, EMULATE)
     part = (tok * (tl.num_programs(1) * GROUP) + head) * NSPLIT + split
     tl.store(PM + part, m, mask=row_ok)
     tl.store(PL + part, l, mask=row_ok)
@@ -214,7 +206,7 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
                              0 if causal else mask.stride(0), d ** -0.5, nsplit,
                              GROUP=group, GPAD=gpad, BLOCK_T=rows // gpad, BN=min(BLOCK_N, split),
                              D=d, DPAD=dpad, SPLIT_=split, CAUSAL=causal,
-                             UPCAST=upcast_dots(q.dtype), num_warps=4)
+                             EMULATE=emulate_dots(), num_warps=4)
     ends = (start.reshape(1) + n).expand(n).contiguous()
     return _combine(pm, pl, pacc, ends, q, nsplit, dpad, split)
 
@@ -237,7 +229,7 @@ def invariant_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         q, k_cache, v_cache, start, tail, positions, pm, pl, pacc, n, tail.shape[1],
         q.stride(0), q.stride(1), k_cache.stride(0), v_cache.stride(0), d ** -0.5, nsplit,
         GROUP=group, GPAD=max(16, triton.next_power_of_2(group)), BN=min(BLOCK_N, split), D=d,
-        DPAD=dpad, SPLIT_=split, UPCAST=upcast_dots(q.dtype), num_warps=4)
+        DPAD=dpad, SPLIT_=split, EMULATE=emulate_dots(), num_warps=4)
     return _combine(pm, pl, pacc, positions + 1, q, nsplit, dpad, split)
 
 

@@ -12,14 +12,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, upcast_dots
+from ._common import check_dtype, dot, emulate_dots
 
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 64
 
 
 @triton.jit(do_not_specialize=["M"])
 def _matmul_kernel(X, W, B, OUT, M, N, K, stride_xm, stride_wn, stride_om,
-                   HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, EMULATE: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     rm = tl.program_id(0) * BM + tl.arange(0, BM)
     rn = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -30,9 +30,7 @@ def _matmul_kernel(X, W, B, OUT, M, N, K, stride_xm, stride_wn, stride_om,
                     mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
         b = tl.load(W + rn[None, :] * stride_wn + rk[:, None],
                     mask=(rn[None, :] < N) & (rk[:, None] < K), other=0.0)
-        if UPCAST:
-            a, b = a.to(tl.float32), b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision="ieee")
+        acc = dot(a, b, acc, EMULATE)
     if HAS_BIAS:
         acc += tl.load(B + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     tl.store(OUT + rm[:, None] * stride_om + rn[None, :], acc.to(OUT.dtype.element_ty),
@@ -50,7 +48,7 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
     _matmul_kernel[grid](x, weight, x if bias is None else bias, out, M, N, K,
                          x.stride(0), weight.stride(0), out.stride(0),
-                         HAS_BIAS=bias is not None, UPCAST=upcast_dots(x.dtype),
+                         HAS_BIAS=bias is not None, EMULATE=emulate_dots(),
                          BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K, num_warps=4, num_stages=3)
     return out
 

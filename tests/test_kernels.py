@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 import specbench  # noqa: E402
 from specbench import numerics  # noqa: E402
-from specbench_kernels import ops  # noqa: E402
+from specbench_kernels import gpu_check, ops  # noqa: E402
 from specbench_kernels.attention import attention_reference, invariant_attention, tree_attention  # noqa: E402
 from specbench_kernels.matmul import BLOCK_M, matmul, matmul_reference  # noqa: E402
 from specbench_kernels.rmsnorm import rms_norm, rms_norm_reference  # noqa: E402
@@ -36,12 +36,14 @@ def test_matmul_matches_reference(dtype, rows, bias):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matmul_rows_are_batch_invariant(dtype):
-    """A row's bits do not depend on how many rows the call has, nor on its tile."""
+    """A row's bits depend neither on how many rows the call has nor on where the row sits (the
+    interpreter emulates tl.dot row by row, see specbench_kernels._common.emulate_dots: numpy's
+    matmul gives row 23 of a tile other bits than row 0)."""
     x, w = randn(BLOCK_M + 6, 80, dtype=dtype), randn(100, 80, dtype=dtype, seed=1)
     full = matmul(x, w)
     for rows in (1, 2, 17, BLOCK_M):
         assert torch.equal(matmul(x[:rows], w), full[:rows])
-    for i in (3, BLOCK_M + 5):      # the last row sits in the second row tile of the full call
+    for i in (3, 23, BLOCK_M + 5):      # the last row sits in the second row tile of the full call
         assert torch.equal(matmul(x[i:i + 1], w), full[i:i + 1])
 
 
@@ -137,6 +139,15 @@ def test_key_table_lists_each_tokens_ancestors_by_depth():
         assert table[i].tolist() == path[::-1] + [-1] * (12 - len(path))
     causal = numerics.key_table(torch.tensor([3]), None, torch.arange(3, 7))
     assert causal.tolist() == [[0, -1, -1, -1], [0, 1, -1, -1], [0, 1, 2, -1], [0, 1, 2, 3]]
+
+
+def test_gpu_check_kernel_stage_runs_at_small_shapes(tmp_path):
+    """The GPU check's kernel stage, interpreted at tiny shapes: every check passes, a CSV results."""
+    rows = gpu_check.kernel_checks({"tiny": (32, 6, 2, 16, 48, 100)}, "cpu", rows=(1, 5, 70), starts=(0, 45),
+                                   news=(1, 9), slots=64)
+    assert len(rows) == 2 * (5 + 1 + 2 * 4) and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+    gpu_check.write_csv(tmp_path / "kernels.csv", rows)
+    assert (tmp_path / "kernels.csv").read_text().startswith("stage,kernel,model")
 
 
 # ---- the custom operators the model calls ---------------------------------------------------

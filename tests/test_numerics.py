@@ -19,6 +19,7 @@ from specbench import numerics  # noqa: E402
 from specbench.cli import main as cli_main  # noqa: E402
 from specbench.errors import SpecbenchError  # noqa: E402
 from specbench.model import RMSNorm  # noqa: E402
+from specbench_kernels import gpu_check  # noqa: E402
 from specbench_kernels.attention import attention_reference  # noqa: E402
 
 from attention_cases import DTYPES, TOL, attention_case, randn, random_tree, rel_err  # noqa: E402, I001
@@ -94,29 +95,16 @@ TIED = dict(vocab_size=2048, num_layers=2, hidden_size=256, num_heads=4, num_kv_
 
 def rows_unlike_one_token_forwards(model, parents: list[int]) -> int:
     """Rows of one forward over a token tree (on a 20-token prefix) whose logits differ in any bit
-    from those of one-token forwards along the node's path, vanilla's way of computing them."""
-    n = len(parents)
-    mask = torch.eye(n, dtype=torch.bool)
-    for i, p in enumerate(parents):
-        if p >= 0:
-            mask[i] |= mask[p]
-    depth = mask.sum(1) - 1
-    tokens = torch.randint(0, model.args.vocab_size, (20 + n,), generator=torch.Generator().manual_seed(0))
-    cache = model.new_cache(20 + n + 1)
+    from those of one-token forwards along the node's path, vanilla's way of computing them; the
+    GPU check runs the same count through CUDA graphs."""
+    tokens = torch.randint(0, model.args.vocab_size, (20 + len(parents),), generator=torch.Generator().manual_seed(0))
+    cache = model.new_cache(20 + len(parents) + 1)
     model(tokens[:20], torch.arange(20), cache, stop_layer=model.args.num_layers)
     cache.length = 20
-    tree = model(tokens[20:], 20 + depth, cache, mask).logits
-    differ = 0
-    for i in range(n):
-        path = [i]
-        while parents[path[-1]] >= 0:
-            path.append(parents[path[-1]])
-        cache.length = 20
-        for j in path[::-1]:
-            alone = model(tokens[20 + j:21 + j], torch.tensor([cache.length]), cache).logits
-            cache.length += 1
-        differ += not torch.equal(alone[0], tree[i])
-    return differ
+
+    def forward(new, positions, mask, offset):
+        return model(new, positions, cache, mask, start=cache.length + offset).logits
+    return gpu_check.rows_unlike_alone(forward, parents, tokens[20:], 20)
 
 
 def test_tree_forward_equals_one_token_forwards_bitwise():
