@@ -51,7 +51,7 @@ def _tree_split_kernel(Q, K, V, START, MASK, PM, PL, PACC, n, stride_qn, stride_
                        BN: tl.constexpr, D: tl.constexpr, DPAD: tl.constexpr, SPLIT_: tl.constexpr,
                        CAUSAL: tl.constexpr, EMULATE: tl.constexpr):
     kvh, split = tl.program_id(1), tl.program_id(2)
-    start = tl.load(START)
+    start = tl.load(START).to(tl.int32)
     end = start + n
     lo = split * SPLIT_
     if lo >= end:           # past the live slots: nothing to read
@@ -98,8 +98,8 @@ def _invariant_split_kernel(Q, K, V, START, TAIL, POS, PM, PL, PACC, n, T, strid
                             D: tl.constexpr, DPAD: tl.constexpr, SPLIT_: tl.constexpr,
                             EMULATE: tl.constexpr):
     tok, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    start = tl.load(START)
-    p = tl.load(POS + tok)                    # the token's position: it sees positions 0..p
+    start = tl.load(START).to(tl.int32)
+    p = tl.load(POS + tok).to(tl.int32)       # the token's position: it sees positions 0..p
     lo = split * SPLIT_
     if lo > p:
         return
@@ -137,7 +137,7 @@ def _combine_kernel(PM, PL, PACC, ENDS, OUT, n, stride_on, stride_oh, NSPLIT,
                     D: tl.constexpr, DPAD: tl.constexpr, SPLIT_: tl.constexpr):
     """Merge the chunks 0 .. ceil(end / SPLIT) - 1 of one (token, head), in order."""
     tok, head = tl.program_id(0), tl.program_id(1)
-    count = (tl.load(ENDS + tok) + SPLIT_ - 1) // SPLIT_
+    count = (tl.load(ENDS + tok).to(tl.int32) + SPLIT_ - 1) // SPLIT_
     base = (tok * tl.num_programs(1) + head) * NSPLIT
     d = tl.arange(0, DPAD)
     m = tl.load(PM + base)

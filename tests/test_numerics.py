@@ -215,3 +215,17 @@ def test_bench_runs_each_method_in_its_mode_and_compares_within_it(tmp_path):
         config_mod.resolve_config({"methods": {"hf": {"numerics": BI}}})
     with pytest.raises(SpecbenchError, match="unknown numerics"):
         config_mod.resolve_config({"numerics": "exact"})
+
+
+@pytest.mark.parametrize("name", ["gpu_numerics.yaml", "cpu_numerics.yaml"])
+def test_shipped_numerics_experiments_resolve(name):
+    """Both modes in one run: the two vanillas first, each method compared within its mode."""
+    from pathlib import Path
+
+    from specbench.bench import config as config_mod
+    cfg = config_mod.resolve_config(config_mod.load_config(Path(__file__).parents[1] / "experiments" / name))
+    labels = [m["label"] for m in cfg["methods"]]
+    assert labels[:2] == ["vanilla", "vanilla_bi"] and len(labels) == 8
+    for m in cfg["methods"]:
+        assert config_mod.reference_for(cfg, m["label"]) == ("vanilla_bi" if m["numerics"] == BI else "vanilla")
+
