@@ -128,43 +128,45 @@ def test_batch_invariant_is_as_accurate_as_fast():
     assert rel_err(model(prompt, torch.arange(30), model.new_cache(32)).logits, fast) < 1e-5
 
 
-LOSSLESS = {"pld": {}, "sps": {}, "early_exit": {"exit_layer": 1}, "lookahead": {}}
-
-
-def greedy_matches(model, draft, prompts, max_new_tokens) -> dict[str, int]:
-    """Per lossless method, on how many prompts its greedy output equals vanilla's."""
-    counts = dict.fromkeys(LOSSLESS, 0)
+def greedy_matches(model, methods: dict[str, dict], prompts, max_new_tokens) -> dict[str, int]:
+    """Per lossless method (name -> options), on how many prompts its greedy output equals vanilla's."""
+    counts = dict.fromkeys(methods, 0)
     for prompt in prompts:
         ref = specbench.generate(model, prompt, "vanilla", max_new_tokens=max_new_tokens).token_ids
-        for method, options in LOSSLESS.items():
-            if method == "sps":
-                options = {"draft": draft}
+        for method, options in methods.items():
             out = specbench.generate(model, prompt, method, max_new_tokens=max_new_tokens, **options)
             counts[method] += out.token_ids == ref
     return counts
 
 
 def test_random_bf16_models_lossless_methods_equal_vanilla():
-    """30 prompts x 32 tokens on a bf16 model with many near-ties. batch_invariant: every method
-    equals vanilla on 30 of 30. fast, the control (measured: pld 30, sps 28, early_exit 30,
-    lookahead 28 of 30; with 4 layers and 40 tokens 29, 23, 29, 23): not on all."""
+    """30 prompts x 32 tokens on a bf16 model with many near-ties. batch_invariant: every lossless
+    method equals vanilla on 30 of 30. fast, the control (measured: pld 30, sps 28, early_exit 30,
+    lookahead 28, medusa 28 of 30; with 4 layers and 40 tokens pld 29, sps 23, early_exit 29,
+    lookahead 23): not on all."""
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 2048, (12,), generator=gen).tolist() for _ in range(30)]
     draft = specbench.random_model(**dict(TIED, num_layers=1, hidden_size=64), seed=7)
-    invariant = greedy_matches(specbench.random_model(**TIED, numerics=BI), draft, prompts, 32)
-    assert invariant == dict.fromkeys(LOSSLESS, 30)
-    fast = greedy_matches(specbench.random_model(**TIED), draft, prompts, 32)
-    assert sum(fast.values()) < 4 * 30, fast
+    counts = {}
+    for mode in numerics.MODES:
+        model = specbench.random_model(**TIED, numerics=mode)
+        methods = {"pld": {}, "sps": {"draft": draft}, "early_exit": {"exit_layer": 1}, "lookahead": {},
+                   "medusa": {"drafter": specbench.random_drafter(model, "medusa", seed=0)}}
+        counts[mode] = greedy_matches(model, methods, prompts, 32)
+    assert counts[BI] == dict.fromkeys(counts[BI], 30)
+    assert sum(counts["fast"].values()) < 5 * 30, counts["fast"]
 
 
 def test_default_model_bf16_lossless_methods_equal_vanilla(default_model):
-    """The default model in bf16, batch_invariant, 3 short prompts x 16 tokens (~20 s here):
-    pld, sps (the model as its own draft), early_exit and lookahead all equal vanilla."""
+    """The default model in bf16, batch_invariant, 3 short prompts x 16 tokens (~25 s here): pld,
+    sps (the model as its own draft), early_exit, lookahead and medusa (the shipped heads) all
+    equal vanilla."""
     import copy
     model = copy.deepcopy(default_model).to(torch.bfloat16)
     model.numerics = BI
     prompts = [specbench.encode_prompt(model, p) for p in ("What is 2+2?", "Name a color.", "Say hi.")]
-    assert greedy_matches(model, model, prompts, 16) == dict.fromkeys(LOSSLESS, 3)
+    methods = {"pld": {}, "sps": {"draft": model}, "early_exit": {}, "lookahead": {}, "medusa": {}}
+    assert greedy_matches(model, methods, prompts, 16) == dict.fromkeys(methods, 3)
 
 
 # ---- the switch: API, CLI, bench ------------------------------------------------------------
