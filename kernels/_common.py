@@ -27,11 +27,13 @@ def emulate_dots() -> bool:
 
 @triton.jit
 def dot(a, b, acc, EMULATE: tl.constexpr):
-    """acc + a @ b in float32, with the products exact and every row summed in one order."""
+    """acc + a @ b, accumulated in float32 (emulated: products exact, each row summed in one order)."""
     if EMULATE:
         acc += tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+    elif a.dtype == tl.float32:
+        acc = tl.dot(a, b, acc, input_precision="ieee")     # full float32, not TF32
     else:
-        acc = tl.dot(a, b, acc, input_precision="ieee")
+        acc = tl.dot(a, b, acc)
     return acc
 
 

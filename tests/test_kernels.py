@@ -7,6 +7,8 @@ kernels are checked at the default model's and a 7B model's shapes on a GPU by
 `python -m specbench_kernels.gpu_check OUTDIR`.
 """
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")   # before triton compiles anything: no CPU backend
 
@@ -148,6 +150,48 @@ def test_gpu_check_kernel_stage_runs_at_small_shapes(tmp_path):
     assert len(rows) == 2 * (5 + 1 + 2 * 4) and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
     gpu_check.write_csv(tmp_path / "kernels.csv", rows)
     assert (tmp_path / "kernels.csv").read_text().startswith("stage,kernel,model")
+
+
+COMPILE_FOR_H200 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from specbench_kernels import attention as at, matmul as mm, rmsnorm as rn
+
+def build(fn, types, consts):
+    sig = {a: "constexpr" if a in consts else types[a] for a in fn.arg_names}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(a),): v for a, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+
+for dt in ("bf16", "fp32"):
+    ints = lambda *names: {n: "i32" for n in names}
+    k = build(mm._matmul_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "OUT": "*" + dt,
+              **ints("M", "N", "K", "stride_xm", "stride_wn", "stride_om")},
+              {"HAS_BIAS": True, "EMULATE": False, "BM": 64, "BN": 64, "BK": 64})
+    assert ("wgmma" in k.asm["ptx"]) == (dt == "bf16")        # tensor cores for bf16; exact fp32 FMAs
+    build(rn._rms_norm_kernel, {"X": "*" + dt, "W": "*" + dt, "OUT": "*" + dt, "eps": "fp32",
+          **ints("D", "stride_x", "stride_o")}, {"BLOCK": 1024})
+    common = {"Q": "*" + dt, "K": "*" + dt, "V": "*" + dt, "START": "*i64", "PM": "*fp32", "PL": "*fp32",
+              "PACC": "*fp32", "scale": "fp32", **ints("n", "stride_qn", "stride_qh", "stride_kh", "stride_vh", "NSPLIT")}
+    for causal in (True, False):
+        build(at._tree_split_kernel, {**common, "MASK": "*i1", "stride_mask": "i32"},
+              {"GROUP": 3, "GPAD": 4, "BLOCK_T": 4, "BN": 64, "D": 64, "DPAD": 64, "SPLIT_": 256, "CAUSAL": causal,
+               "EMULATE": False})
+    build(at._invariant_split_kernel, {**common, "TAIL": "*i32", "POS": "*i64", "T": "i32"},
+          {"GROUP": 3, "GPAD": 16, "BN": 64, "D": 64, "DPAD": 64, "SPLIT_": 256, "EMULATE": False})
+    build(at._combine_kernel, {"PM": "*fp32", "PL": "*fp32", "PACC": "*fp32", "ENDS": "*i64", "OUT": "*" + dt,
+          **ints("n", "stride_on", "stride_oh", "NSPLIT")}, {"D": 64, "DPAD": 64, "SPLIT_": 256})
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_the_h200():
+    """The GPU branch of every kernel (which the interpreter never runs) compiles to sm_90 machine
+    code with triton's bundled ptxas, no GPU needed: at the default model's head shape, bf16 and
+    fp32. A fresh process: here the kernels are the interpreter's."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_H200], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
 
 
 # ---- the custom operators the model calls ---------------------------------------------------
