@@ -19,7 +19,7 @@ Why each CPU choice (measured on this repository's machine, torch 2.13 with MKL 
 for every k, and in bfloat16 at some shapes; a call of exactly CPU_ROWS rows gives a row the same
 bits wherever it sits in the block. Vectorised elementwise kernels finish a tensor's tail with a
 scalar loop, and for float32 SiLU the two disagree in the last bit: a row computed alone sees the
-same split every time. SDPA picks its blocking by the query length.
+same split every time. SDPA gives a row alone other bits than the same row among 64 queries.
 """
 from __future__ import annotations
 
