@@ -147,9 +147,7 @@ class Block(nn.Module):
         """The block after its K/V are known, without a cache: PyTorch's (differentiable) attention
         of q [n, heads, d] over k, v [kv_heads, span, d], then the rest of the block in fast
         numerics. Training a draft calls it (autograd must not see K/V written in place)."""
-        out = F.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=mask,
-                                             enable_gqa=q.shape[1] != k.shape[0])
-        return self.after_attention(x, out.transpose(0, 1), "fast")
+        return self.after_attention(x, numerics.sdpa(q, k, v, mask), "fast")
 
     def after_attention(self, x, attended, mode: str):
         """The output projection of attention's result [n, heads, d] and the MLP, with residuals."""

@@ -75,6 +75,13 @@ def silu(x: torch.Tensor, mode: str) -> torch.Tensor:
     return torch.stack([F.silu(row.clone()) for row in x])
 
 
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """PyTorch's attention of q [n, heads, d] over k, v [kv_heads, span, d] with mask [n, span]
+    (None: every key): fast mode's on CPU, and differentiable (training a draft uses it)."""
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[0])
+    return out.transpose(0, 1)
+
+
 def key_table(start: int | torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
     """[n, n] int32: entry (i, e) is the new token at depth e (position start + e) that token i
     sees, -1 where there is none. Token i's keys in position order are then the committed slots
@@ -133,9 +140,7 @@ class Attention:
             return _ops().invariant_attention(q, k_cache, v_cache, self.start, self.table, self.positions)
         if self.mode == "fast":
             span = self.start + q.shape[0]
-            out = F.scaled_dot_product_attention(q.transpose(0, 1), k_cache[:, :span], v_cache[:, :span],
-                                                 attn_mask=self.full, enable_gqa=q.shape[1] != k_cache.shape[0])
-            return out.transpose(0, 1)
+            return sdpa(q, k_cache[:, :span], v_cache[:, :span], self.full)
         return self._rows(q, k_cache, v_cache)
 
     def _rows(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
