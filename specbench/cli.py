@@ -31,6 +31,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--numerics", default="fast", help="fast (default) or batch_invariant: every token's "
+                   "logits independent of how many tokens share a forward")
     p.add_argument("--no-chat", action="store_true", help="feed the prompt as plain text")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="a method option, e.g. --option num_draft=8 (repeatable)")
@@ -45,7 +47,7 @@ def _generate(args) -> int:
         if not sep:
             raise SpecbenchError(f"--option needs NAME=VALUE, got {item!r}")
         options[name] = _option_value(value)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, numerics=args.numerics)
     if args.draft:
         options["draft"] = args.draft
     if args.drafter:

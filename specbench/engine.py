@@ -50,9 +50,7 @@ class DecodeContext:
         if self.graphed is not None and n <= BUCKETS[-1]:
             return self.graphed.forward(tokens, positions, mask, offset, start_layer, hidden, stop_layer,
                                         feature_layers)
-        base = self.cache.length + offset
-        return self.model(tokens, positions, self.cache, mask,
-                          slots=torch.arange(base, base + n, device=tokens.device), span=base + n,
+        return self.model(tokens, positions, self.cache, mask, start=self.cache.length + offset,
                           start_layer=start_layer, hidden=hidden, stop_layer=stop_layer,
                           output_layers=feature_layers)
 

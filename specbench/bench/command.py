@@ -20,6 +20,7 @@ _OVERRIDES = {
     "categories": "categories", "limit": "limit", "limit_per_category": "limit_per_category",
     "turns": "turns", "max_new_tokens": "max_new_tokens", "temperature": "temperature",
     "top_k": "top_k", "top_p": "top_p", "seed": "seed", "repeats": "repeats", "warmup_tokens": "warmup_tokens", "threads": "threads",
+    "numerics": "numerics",
 }
 
 
@@ -52,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default cpu)")
     g.add_argument("--dtype", help="float32, bfloat16, float16 (default float32)")
     g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads during the run (default: torch's)")
+    g.add_argument("--numerics", help="fast or batch_invariant, for methods that set none (default fast)")
     g = parser.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", help="results folder (default results/<config name>)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")

@@ -20,23 +20,32 @@ A config file (see ``experiments/*.yaml``) holds any of these keys (defaults in 
     repeats: 1                  # every (question, method) this many times, same seed
     warmup_tokens: 16           # length of the untimed warm-up generation of every method
     threads: null               # torch CPU threads during the run (null: torch's default)
+    numerics: fast              # fast | batch_invariant (specbench/numerics.py); per method too
     methods:                    # a list of labels, or a mapping label -> options
       vanilla: {}
       pld: {max_ngram: 3, num_draft: 10}
       lookahead_w7: {method: lookahead, W: 7}          # a label with its method
+      pld_bi: {method: pld, numerics: batch_invariant}  # this method in the other numerics mode
       pld_sweep:                                       # one variant per value (a grid over keys)
         method: pld
         max_ngram: 3
         sweep: {num_draft: [2, 4, 6, 8, 10]}           # -> pld_sweep_num_draft2, ...
 
 In a list, an item is a label (the method of that name with default options) or a one-key
-mapping ``{label: options}``. Inside options, ``method`` (default: the label) and ``sweep`` are
-reserved. A sweep expands into labels ``<label>_<key><value>`` (keys joined by ``_`` for grids).
+mapping ``{label: options}``. Inside options, ``method`` (default: the label), ``sweep`` and
+``numerics`` (default: the config's) are reserved; ``numerics`` may also be swept. A sweep expands
+into labels ``<label>_<key><value>`` (keys joined by ``_`` for grids).
 
 Resolution (`resolve_config`) validates every key, expands sweeps into a flat list
-``methods: [{label, method, options}, ...]`` with the reference vanilla first, and records the
-dataset's absolute file path; the resolved dict is what ``config.json`` in the out folder stores
-and what decides whether a folder's answers belong to a config (`identity`).
+``methods: [{label, method, options, numerics}, ...]`` with the reference vanillas first, and
+records the dataset's absolute file path; the resolved dict is what ``config.json`` in the out
+folder stores and what decides whether a folder's answers belong to a config (`identity`).
+
+Exact match is a comparison within one numerics mode: each method's answers are compared with the
+reference vanilla of its own mode (`reference_for`), so a run needs a vanilla in every mode it
+uses. Speedups are all relative to the reference vanilla of the config's mode, so the price of the
+other mode shows in its vanilla's speedup. The Hugging Face baselines run transformers' own
+kernels: numerics does not apply to them (recorded as null, compared with the main reference).
 """
 from __future__ import annotations
 
@@ -47,8 +56,10 @@ import re
 from pathlib import Path
 
 from specbench.errors import SpecbenchError
+from specbench.numerics import check_numerics
 
 from . import datasets
+from .hf_baselines import HF_METHODS
 
 SPECBENCH_METHODS = ("vanilla", "pld", "sps", "early_exit", "lookahead")
 COSMETIC_KEYS = ("name",)
@@ -72,6 +83,7 @@ DEFAULTS: dict = {
     "repeats": 1,
     "warmup_tokens": 16,
     "threads": None,
+    "numerics": "fast",
     "methods": ["vanilla"],
 }
 
@@ -278,6 +290,7 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
     if cats is not None and (not isinstance(cats, list) or not all(isinstance(c, str) for c in cats)):
         raise SpecbenchError(f"categories must be a list of names, got {cats!r}")
     cfg["categories"] = cats or None
+    check_numerics(cfg["numerics"])
     for key in ("device", "dtype"):
         if not isinstance(cfg[key], str) or not cfg[key]:
             raise SpecbenchError(f"{key} must be a string, got {cfg[key]!r}")
@@ -302,7 +315,8 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
     seen = set()
     resolved = []
     for m in expanded:
-        label, method, options = m["label"], m["method"], m["options"]
+        label, method, options = m["label"], m["method"], dict(m["options"])
+        numerics = options.pop("numerics", None)
         if not _LABEL.match(label):
             raise SpecbenchError(f"bad method label {label!r}: use letters, digits, _ . + -")
         if label in seen:
@@ -325,17 +339,36 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
         for k, v in options.items():
             if isinstance(v, (dict, list)):
                 raise SpecbenchError(f"option {k!r} of {label!r} must be a scalar (use sweep: for lists)")
-        resolved.append({"label": label, "method": method, "options": options})
-    # the reference vanilla (label "vanilla", else the first vanilla without options) runs first
-    ref = reference_label(resolved)
-    if ref is not None:
-        resolved = [m for m in resolved if m["label"] == ref] + [m for m in resolved if m["label"] != ref]
+        if method in HF_METHODS:
+            if numerics is not None:
+                raise SpecbenchError(f"method {label!r} ({method}) runs transformers' own kernels: "
+                                     "numerics does not apply to it")
+        else:
+            numerics = check_numerics(cfg["numerics"] if numerics is None else numerics)
+        resolved.append({"label": label, "method": method, "options": options, "numerics": numerics})
+    # the reference vanillas run first: the config's mode's, then the other mode's
+    modes = dict.fromkeys([cfg["numerics"]] + [m["numerics"] for m in resolved if m["numerics"]])
+    refs = [r for r in (reference_label([m for m in resolved if m["numerics"] == mode]) for mode in modes)
+            if r is not None]
+    resolved = [m for r in refs for m in resolved if m["label"] == r] + [m for m in resolved if m["label"] not in refs]
     cfg["methods"] = resolved
     return cfg
 
 
+def main_reference(cfg: dict) -> str | None:
+    """The vanilla run that speedups refer to: the reference of the config's numerics mode."""
+    return reference_label([m for m in cfg["methods"] if m["numerics"] == cfg["numerics"]])
+
+
+def reference_for(cfg: dict, label: str) -> str | None:
+    """The vanilla run whose answers `label`'s exact match is measured against: the reference of
+    its own numerics mode (the main reference for the HF baselines, which have none)."""
+    mode = next(m["numerics"] for m in cfg["methods"] if m["label"] == label)
+    return reference_label([m for m in cfg["methods"] if m["numerics"] == (mode or cfg["numerics"])])
+
+
 def reference_label(methods: list[dict]) -> str | None:
-    """The vanilla run that speedups and matches_vanilla refer to."""
+    """The reference among runs of one numerics mode."""
     for m in methods:
         if m["label"] == "vanilla" and m["method"] == "vanilla":
             return m["label"]

@@ -20,11 +20,12 @@ and the *same* token ids go to every method, the HF baselines included; specbenc
 them as a list of ids.
 
 Answer lines (answers.jsonl) hold: question_id, category, turn (1-based), repeat (0-based),
-method (the label), base_method, options, new_tokens, wall_time_s (the bench's synchronised
-timing of the whole generate call), steps, accepted_lengths, draft_tokens, lossless,
-prompt_tokens, token_ids, text, matches_vanilla (token-exact equality with the reference vanilla's
-answer to the same question/turn/repeat; null without vanilla), inner_wall_time_s (the method's
-own timing, from its stats) and stats (any further method statistics).
+method (the label), base_method, options, numerics (the mode the target ran in; null for the HF
+baselines), new_tokens, wall_time_s (the bench's synchronised timing of the whole generate call),
+steps, accepted_lengths, draft_tokens, lossless, prompt_tokens, token_ids, text, matches_vanilla
+(token-exact equality with the answer of the reference vanilla of the same numerics mode to the
+same question/turn/repeat; null without one), inner_wall_time_s (the method's own timing, from its
+stats) and stats (any further method statistics).
 """
 from __future__ import annotations
 
@@ -165,8 +166,12 @@ class _Methods:
         if m["method"] == "sps":    # load the draft now (sps keeps it per target), not in a timed call
             from specbench.strategies import make_proposer
             make_proposer("sps", self.model, **opts)
-        return lambda ids, n: core_generate(self.model, ids, method=m["method"], max_new_tokens=n,
-                                            chat=False, **sampling, **opts)
+
+        def call(ids, n):
+            self.model.numerics = m["numerics"]      # the mode of this method's target forwards
+            return core_generate(self.model, ids, method=m["method"], max_new_tokens=n, chat=False,
+                                 **sampling, **opts)
+        return call
 
 
 def _answer(q, turn, repeat, m, ids, out, wall, matches) -> dict:
@@ -174,7 +179,7 @@ def _answer(q, turn, repeat, m, ids, out, wall, matches) -> dict:
     token_ids = [int(t) for t in out.token_ids]
     return {
         "question_id": q.question_id, "category": q.category, "turn": turn + 1, "repeat": repeat,
-        "method": m["label"], "base_method": m["method"], "options": m["options"],
+        "method": m["label"], "base_method": m["method"], "options": m["options"], "numerics": m["numerics"],
         "new_tokens": len(token_ids), "wall_time_s": wall,
         "steps": _jsonable(stats.get("steps")), "accepted_lengths": _jsonable(stats.get("accepted_lengths")),
         "draft_tokens": _jsonable(stats.get("draft_tokens")), "lossless": stats.get("lossless"),
@@ -186,7 +191,7 @@ def _answer(q, turn, repeat, m, ids, out, wall, matches) -> dict:
 
 def finalize(out: Path, cfg: dict, answers: list[dict], write: bool = True) -> BenchResult:
     out = Path(out)
-    ref = config_mod.reference_label(cfg["methods"])
+    ref = config_mod.main_reference(cfg)
     df = summary.summarize(answers, cfg["methods"], ref)
     files = {"config": out / store.CONFIG_FILE, "answers": out / store.ANSWERS_FILE,
              "summary_csv": out / "summary.csv", "summary_md": out / "summary.md"}
@@ -231,7 +236,7 @@ def run_benchmark(config: dict | str | Path | None, out: str | Path, model=None,
         return finalize(out, cfg, stored, write=False)
 
     methods_cfg = cfg["methods"]
-    ref = config_mod.reference_label(methods_cfg)
+    refs = {m["label"]: config_mod.reference_for(cfg, m["label"]) for m in methods_cfg}
     done = {store.answer_key(a): a for a in stored}
     units = [(r, q, m) for r in range(cfg["repeats"]) for q in questions for m in methods_cfg]
 
@@ -248,14 +253,14 @@ def run_benchmark(config: dict | str | Path | None, out: str | Path, model=None,
         torch.set_num_threads(cfg["threads"])
     try:
         if remaining:
-            _run_units(cfg, out, questions, remaining, len(units), done, answers, model, progress, ref, key)
+            _run_units(cfg, out, questions, remaining, len(units), done, answers, model, progress, refs, key)
     finally:
         torch.set_num_threads(threads_before)
     # the answers in the order of the run (stored ones first, in file order)
     return finalize(out, cfg, answers, write=True)
 
 
-def _run_units(cfg, out, questions, remaining, total, done, answers, model, progress, ref, key) -> None:
+def _run_units(cfg, out, questions, remaining, total, done, answers, model, progress, refs, key) -> None:
     """Load what the run needs, warm up, then time and store every remaining answer."""
     if model is None:
         _log(progress, f"loading model {cfg['model'] or '(default)'} on {cfg['device']} ({cfg['dtype']})")
@@ -293,7 +298,7 @@ def _run_units(cfg, out, questions, remaining, total, done, answers, model, prog
                         result = calls[m["label"]](ids, cfg["max_new_tokens"])
                     _sync(device)
                     wall = time.perf_counter() - start
-                    matches = None
+                    matches, ref = None, refs[m["label"]]
                     if ref is not None:
                         if m["label"] == ref:
                             matches = True

@@ -11,8 +11,8 @@
 * ``acceptance_rate`` is accepted draft tokens over drafted tokens, pooled: the sum over steps of
   (accepted length - 1, the bonus token excluded) over the sum of draft tokens; null where nothing
   was drafted (vanilla) or unknown. For tree drafts every node counts as drafted.
-* ``exact_match`` is the share of answers token-identical to vanilla's answer to the same
-  question, turn and repeat (null without vanilla).
+* ``exact_match`` is the share of answers token-identical to the answer of the vanilla of the
+  same numerics mode to the same question, turn and repeat (null without one).
 * ``lossless`` is false when any answer's stats said the method is not lossless; lossy methods
   carry " [lossy]" after their label in every printed table and plot.
 """
@@ -178,6 +178,7 @@ def markdown_report(df: pd.DataFrame, cfg: dict, reference: str | None) -> str:
         lines += ["## Per category", "", category_table(df), ""]
     lines += ["## Method options", ""]
     for m in cfg["methods"]:
-        lines.append(f"- `{m['label']}`: {m['method']} {json.dumps(m['options'], sort_keys=True)}")
+        mode = f", numerics {m['numerics']}" if m.get("numerics") else ""
+        lines.append(f"- `{m['label']}`: {m['method']} {json.dumps(m['options'], sort_keys=True)}{mode}")
     lines.append("")
     return "\n".join(lines)
