@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import numerics
 from ..errors import SpecbenchError
 from ..model import Block, KVCache, ModelArgs, Transformer
 from .base import PROBE_ROWS, Drafter, read_json, read_weights, signature_mismatch, target_signature
@@ -40,6 +41,18 @@ def prior_accuracy(ranks: int = RANKS) -> list[float]:
     drafts): the i-th choice is right with probability 0.7 * 0.3^i. Only a static tree's shape
     depends on it."""
     return [round(0.7 * 0.3 ** i, 6) for i in range(ranks)]
+
+
+def span_mask(mask: torch.Tensor | None, n: int, span: int, device) -> torch.Tensor | None:
+    """[n, span] boolean mask of n new rows that are the last n of `span` slots: `mask` as given when
+    it is [n, span]; [n, n] among the new rows (None: causal) with every earlier slot visible."""
+    if mask is None:
+        if n == 1:
+            return None
+        mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    if mask.shape[-1] == span:
+        return mask
+    return torch.cat([torch.ones(n, span - n, dtype=torch.bool, device=device), mask], dim=1)
 
 
 class EagleDraft(Drafter):
@@ -104,8 +117,11 @@ class EagleDraft(Drafter):
             span = cache.length + n
         x = self.fc(torch.cat([model.embed(tokens).to(features.dtype), features], dim=-1))
         cos, sin = model.rope(positions)
-        full = Transformer.full_mask(mask, n, span, tokens.device)
-        return self.layer(x, cos.to(x.dtype), sin.to(x.dtype), cache.k[0], cache.v[0], slots, span, full)
+        q, k, v = self.layer.kv(x, cos.to(x.dtype), sin.to(x.dtype))
+        cache.k[0].index_copy_(1, slots, k.transpose(0, 1))     # cache layout [kv_heads, slots, d]
+        cache.v[0].index_copy_(1, slots, v.transpose(0, 1))
+        attended = numerics.sdpa(q, cache.k[0][:, :span], cache.v[0][:, :span], span_mask(mask, n, span, tokens.device))
+        return self.layer.after_attention(x, attended, "fast")
 
     def init_from_target(self, model: Transformer) -> None:
         """Training starts from PyTorch's default initialisation, as the official training does
