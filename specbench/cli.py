@@ -1,29 +1,66 @@
-"""Command line: `specbench generate`, `bench`, `train` and `export`. Bad input: one line on stderr, exit 2."""
+"""Command line: `specbench generate`, `bench`, `train`, `export` and `methods`.
+
+Every command checks all the input it can without a model first (`specbench.checks`, the
+method's options against its strategy's signature, model files with `locate_model`), then loads
+with one `loading NAME ... done in N s` line on stderr (transformers' own output only with
+--verbose). Bad input: one `error: ...` line on stderr and exit 2, no traceback. New commands
+reuse `ArgumentParser`, `add_verbose` and `report_errors` for the same behaviour.
+"""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
+from typing import Callable
 
 from .errors import SpecbenchError
 
 
-def _option_value(text: str):
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors as SpecbenchError (one line) instead of usage text and exit."""
+
+    def error(self, message: str):
+        raise SpecbenchError(f"{message} (see {self.prog} --help)")
+
+
+def add_verbose(parser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show transformers' progress bars and warnings while loading models")
+
+
+def report_errors(command: Callable[[], int]) -> int:
+    """Run a command: a SpecbenchError becomes one `error: ...` line and exit code 2."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+        return command()
+    except SpecbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def parse_option_args(items: list[str]) -> dict[str, str]:
+    """--option NAME=VALUE pairs; the values stay text until parsed against the method's types."""
+    options = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SpecbenchError(f"--option needs NAME=VALUE, got {item!r}")
+        options[name] = value
+    return options
 
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate from one prompt and print text and speed")
     p.add_argument("--prompt", required=True, help="text (the chat template is applied unless --no-chat)")
     p.add_argument("--model", default=None, help="GGUF file, local directory or hub id (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--method", default="vanilla")
+    p.add_argument("--method", default="vanilla", help="see `specbench methods`")
     p.add_argument("--draft", default=None,
                    help="sps draft: a model path, target:K (the target's first K layers) or target "
-                        "(default: the draft shipped for the default model)")
-    p.add_argument("--drafter", default=None, help="drafter folder for medusa or eagle (default: the one shipped for the default model)")
+                        "(default: the draft shipped for the default model; = --option draft=...)")
+    p.add_argument("--drafter", default=None, help="drafter folder for medusa or eagle (default: the one shipped "
+                                                   "for the default model; = --option drafter=PATH)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -35,26 +72,29 @@ def _add_generate(sub) -> None:
                    "logits independent of how many tokens share a forward")
     p.add_argument("--no-chat", action="store_true", help="feed the prompt as plain text")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                   help="a method option, e.g. --option num_draft=8 (repeatable)")
+                   help="a method option, e.g. --option num_draft=8 (repeatable; lists as JSON: [10,20])")
+    add_verbose(p)
 
 
 def _generate(args) -> int:
-    from .generate import generate
-    from .loading import load_model
-    options = {}
-    for item in args.option:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise SpecbenchError(f"--option needs NAME=VALUE, got {item!r}")
-        options[name] = _option_value(value)
-    model = load_model(args.model, device=args.device, dtype=args.dtype, numerics=args.numerics)
-    if args.draft:
-        options["draft"] = args.draft
-    if args.drafter:
-        options["drafter"] = args.drafter
-    out = generate(model, args.prompt, method=args.method, max_new_tokens=args.max_new_tokens,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                   chat=not args.no_chat, **options)
+    from .checks import check_decoding, check_device, check_dtype
+    from .generate import check_prompt_fits, encode_prompt, generate
+    from .loading import load_with_status, locate_model
+    from .numerics import check_numerics
+    # everything that needs no model, in milliseconds
+    options = parse_option_args(args.option)
+    options.update({name: getattr(args, name) for name in ("draft", "drafter") if getattr(args, name) is not None})
+    _, options = check_decoding(args.method, options, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    device, dtype = check_device(args.device), check_dtype(args.dtype)
+    check_numerics(args.numerics)
+    source = locate_model(args.model, args.verbose)
+    # the prompt, with the tokenizer alone (a GGUF is converted into the cache here, once)
+    started = time.perf_counter()
+    ids = encode_prompt(source, args.prompt, chat=not args.no_chat)
+    check_prompt_fits(len(ids), source.args)
+    model = load_with_status(source, device, dtype, args.numerics, started=started)
+    out = generate(model, ids, method=args.method, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, **options)
     s = out.stats
     print(out.text)
     print(f"\n[{args.method}] {s['new_tokens']} tokens in {s['wall_time_s']:.2f} s = "
@@ -69,19 +109,33 @@ def _add_export(sub) -> None:
     p.add_argument("--model", default=None, help="anything load_model reads, e.g. a folder from `specbench train draft`")
     p.add_argument("--out", required=True, help="new folder: config.json, model.safetensors, tokenizer files")
     p.add_argument("--dtype", default="float32", help="dtype of the written weights")
+    add_verbose(p)
 
 
 def _export(args) -> int:
-    from .loading import load_model, new_folder, parse_dtype, save_model
-    parse_dtype(args.dtype)
-    new_folder(args.out)      # before the slow load
-    folder = save_model(load_model(args.model, dtype=args.dtype), args.out)
+    from .checks import check_dtype
+    from .loading import load_with_status, locate_model, new_folder, save_model
+    check_dtype(args.dtype)
+    new_folder(args.out)
+    source = locate_model(args.model, args.verbose)
+    folder = save_model(load_with_status(source, "cpu", args.dtype), args.out)
     print(f"wrote {folder}", file=sys.stderr)
     return 0
 
 
+def _add_methods(sub) -> None:
+    p = sub.add_parser("methods", help="list the decoding methods: options, types, defaults, lossless")
+    p.add_argument("--markdown", action="store_true", help="as the README's markdown table")
+
+
+def _methods(args) -> int:
+    from .options import methods_table
+    print(methods_table(markdown=args.markdown))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specbench", description="A workbench for LLM decoding strategies.")
+    parser = ArgumentParser(prog="specbench", description="A workbench for LLM decoding strategies.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_export(sub)
@@ -89,27 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench_command.add_arguments(sub.add_parser("bench", help="Spec-Bench-style benchmark of decoding methods"))
     from .train import command as train_command
     train_command.add_arguments(sub.add_parser("train", help="train a drafter (Medusa heads, a distilled sps draft, an EAGLE draft) for a frozen target"))
+    _add_methods(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    def command() -> int:
+        args = build_parser().parse_args(argv)
         if args.command == "generate":
             return _generate(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "methods":
+            return _methods(args)
         if args.command == "train":
             from .train import command as train_command
             return train_command.run(args)
         from .bench import command as bench_command
         return bench_command.run(args)
-    except SpecbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return report_errors(command)
 
 
 if __name__ == "__main__":

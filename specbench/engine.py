@@ -74,6 +74,12 @@ class Proposer:
     # (threshold, alpha) selects Medusa's typical acceptance (lossy) for sampled decoding
     typical: tuple[float, float] | None = None
 
+    @classmethod
+    def lossless_with(cls, options: dict) -> bool:
+        """Whether these options (all of them, defaults filled in) keep the target's output
+        distribution; the methods table asks before any instance exists."""
+        return cls.lossless
+
     def begin(self, ctx: DecodeContext) -> None:
         """Per-generation setup (own caches, n-gram pools), after the prompt is prefilled."""
 

@@ -211,6 +211,7 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(args).float(), persistent=False)
         self.tokenizer = None        # a Hugging Face tokenizer, when the model came with one
         self.hf_source: dict | None = None   # from_pretrained kwargs that load the same weights in HF
+        self.name = "unnamed"   # short and stable (a GGUF: its file name without the quantisation suffix)
         self.numerics = "fast"
 
     @property

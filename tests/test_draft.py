@@ -176,7 +176,7 @@ def test_a_draft_for_another_model_is_refused(target, tmp_path):
         specbench.generate(other, [1, 2, 3], method="sps", draft=drafter)
     medusa = specbench.random_drafter(target, "medusa")
     medusa.save(tmp_path / "m")
-    with pytest.raises(specbench.SpecbenchError, match="holds a medusa drafter, not a draft one"):
+    with pytest.raises(specbench.SpecbenchError, match="holds a medusa drafter, not a (draft one|model)"):
         specbench.generate(target, [1, 2, 3], method="sps", draft=tmp_path / "m")
     with pytest.raises(specbench.SpecbenchError, match="not a model: pass it as drafter="):
         specbench.load_model(tmp_path / "m")

@@ -239,10 +239,10 @@ def test_no_shipped_drafter_for_other_models(target):
 
 @pytest.mark.parametrize("options, match", [
     ({"tree": "bushy"}, "tree must be 'dynamic', 'static' or a list"),
-    ({"tree": 3}, "tree must be 'dynamic', 'static' or a list"),
+    ({"tree": 3}, "option tree of method 'eagle' must be str or list, got 3"),   # its declared type
     ({"depth": 0}, "depth must be an integer >= 1"),
-    ({"draft_top_k": True}, "draft_top_k must be an integer >= 1"),
-    ({"total_tokens": 2.5}, "total_tokens must be an integer >= 1"),
+    ({"draft_top_k": True}, "option draft_top_k of method 'eagle' must be int or None, got True"),
+    ({"total_tokens": 2.5}, "option total_tokens of method 'eagle' must be int or None, got 2.5"),
     ({"draft_top_k": 17}, "draft_top_k must be at most the vocabulary size 16"),
     ({"total_tokens": 256}, "total_tokens must be at most 255"),
     ({"tree": [[0], [1]], "depth": 3}, "an explicit tree fixes its own shape: drop depth"),

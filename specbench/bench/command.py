@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from specbench.checks import check_output_dir
+from specbench.cli import ArgumentParser, add_verbose, report_errors
 from specbench.errors import SpecbenchError
 
 from . import config as config_mod
@@ -57,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", help="results folder (default results/<config name>)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
+    add_verbose(g)
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -83,10 +86,11 @@ def build_config(args: argparse.Namespace) -> tuple[dict, list[str] | None]:
 
 def run(args: argparse.Namespace) -> int:
     raw, names = build_config(args)
-    out = getattr(args, "out", None) or str(Path("results") / (raw.get("name") or "bench"))
+    out = str(check_output_dir(getattr(args, "out", None) or Path("results") / (raw.get("name") or "bench"),
+                               "the results folder"))
     progress = not getattr(args, "no_progress", False)
     try:
-        result = run_benchmark(raw, out, progress=progress, methods=names)
+        result = run_benchmark(raw, out, progress=progress, methods=names, verbose=getattr(args, "verbose", False))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished answers are kept in {out}; rerun the same command to continue",
               file=sys.stderr)
@@ -101,14 +105,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (python -m specbench.bench.command); the specbench CLI wires its own."""
-    parser = argparse.ArgumentParser(prog="specbench bench")
+    parser = ArgumentParser(prog="specbench bench")
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except SpecbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return report_errors(lambda: run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

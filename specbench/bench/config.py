@@ -4,7 +4,7 @@ A config file (see ``experiments/*.yaml``) holds any of these keys (defaults in 
 
     name: quick                 # cosmetic; also the default out folder results/<name>
     model: null                 # model path (null: the default SmolLM2-135M-Instruct GGUF)
-    draft: null                 # sps draft: null (the shipped one), a path, "target", "target:K"
+    draft: null                 # default of every method's draft= (sps: a path, "target", "target:K")
     device: cpu
     dtype: float32
     dataset: mt_bench           # mt_bench | humaneval | sharegpt | path/to/questions.jsonl
@@ -55,13 +55,15 @@ import json
 import re
 from pathlib import Path
 
+from specbench.checks import check_dtype
 from specbench.errors import SpecbenchError
+from specbench.loading import locate_model
 from specbench.numerics import check_numerics
+from specbench.options import OptionSpec, method_options, parse_options
 
 from . import datasets
 from .hf_baselines import HF_METHODS
 
-SPECBENCH_METHODS = ("vanilla", "pld", "sps", "early_exit", "lookahead")
 COSMETIC_KEYS = ("name",)
 
 DEFAULTS: dict = {
@@ -90,26 +92,13 @@ DEFAULTS: dict = {
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-def known_methods() -> dict[str, list[str] | None]:
-    """Method name -> accepted option names (None: not checkable here) for core and HF methods."""
-    from . import hf_baselines
-    out: dict[str, list[str] | None] = {}
-    try:
-        import inspect
+def known_methods() -> dict[str, dict[str, OptionSpec]]:
+    """Method name -> its options (types, defaults): the strategies' and the HF baselines'."""
+    from specbench.strategies import STRATEGIES
 
-        from specbench.strategies import STRATEGIES
-        for name, cls in STRATEGIES.items():
-            params = inspect.signature(cls.__init__).parameters
-            if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-                out[name] = None
-            else:
-                out[name] = [n for n in params if n not in ("self", "model")]
-    except Exception:   # the core's registry is missing or changed: check names only
-        pass
-    for name in SPECBENCH_METHODS:
-        out.setdefault(name, None)
-    for name in hf_baselines.HF_METHODS:
-        out[name] = list(hf_baselines.HF_OPTIONS[name])
+    from . import hf_baselines
+    out = {name: method_options(name) for name in STRATEGIES}
+    out.update(hf_baselines.HF_OPTIONS)
     return out
 
 
@@ -237,26 +226,25 @@ def _check_float(cfg, key):
     cfg[key] = float(v)
 
 
-def _abs_path(p) -> str:
-    return str(Path(p).expanduser().resolve())
+def _model_path(value) -> str | None:
+    """The model: None (the default) or a path checked now (its files' headers, without loading)
+    and stored absolute, or a hub id."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)):
+        raise SpecbenchError(f"model must be a model path, got {value!r}")
+    return locate_model(value).location
 
 
-def _model_path(v, what: str) -> str:
-    """An existing path made absolute, or a hub id as given."""
-    p = Path(str(v)).expanduser()
-    if p.exists():
-        return _abs_path(p)
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(v)):   # not a hub id either
-        raise SpecbenchError(f"{what} not found: {v}")
-    return str(v)
-
-
-def _draft(v) -> str:
-    """An sps draft: "target", "target:K" (the target's first K layers), or a model path."""
-    v = str(v)
-    if v == "target" or re.fullmatch(r"target:[1-9]\d*", v):
-        return v
-    return _model_path(v, "draft model path")
+def _plain(value):
+    """Parsed option values as the resolved config stores them (JSON: paths as strings)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
@@ -294,6 +282,7 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
     for key in ("device", "dtype"):
         if not isinstance(cfg[key], str) or not cfg[key]:
             raise SpecbenchError(f"{key} must be a string, got {cfg[key]!r}")
+    check_dtype(cfg["dtype"])      # the device is checked when a run needs it (run_benchmark)
     if cfg["name"] is not None:
         cfg["name"] = str(cfg["name"])
 
@@ -302,10 +291,7 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
         raise SpecbenchError(f"dataset must be a name or a path, got {cfg['dataset']!r}")
     cfg["dataset"] = str(cfg["dataset"])
     cfg["dataset_path"] = datasets.dataset_source(cfg["dataset"])
-    if cfg["model"] is not None:
-        cfg["model"] = _model_path(cfg["model"], "model path")
-    if cfg["draft"] is not None:
-        cfg["draft"] = _draft(cfg["draft"])
+    cfg["model"] = _model_path(cfg["model"])
 
     # methods
     expanded = expand_methods(cfg["methods"])
@@ -325,20 +311,14 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
         if method not in registry:
             raise SpecbenchError(f"unknown method {method!r}" + (f" (label {label!r})" if label != method else "")
                                  + f": choose one of {', '.join(registry)}")
-        accepted = registry[method]
-        if method == "sps":   # no draft anywhere: the one shipped for the model (checked at load)
-            draft = options.get("draft", cfg["draft"])
-            if draft is not None:
-                options = dict(options, draft=_draft(draft))
-        if accepted is not None:
-            bad = [k for k in options if k not in accepted]
-            if bad:
-                raise SpecbenchError(f"unknown option {bad[0]!r} for method {method!r}"
-                                     + (f" (label {label!r})" if label != method else "")
-                                     + f" (options: {', '.join(accepted) or 'none'})")
-        for k, v in options.items():
-            if isinstance(v, (dict, list)):
-                raise SpecbenchError(f"option {k!r} of {label!r} must be a scalar (use sweep: for lists)")
+        specs = registry[method]
+        # the config's `draft` is the default draft= of every method that has one (sps)
+        if "draft" in specs and "draft" not in options and cfg["draft"] is not None:
+            options = dict(options, draft=cfg["draft"])
+        try:
+            options = _plain(parse_options(method, options, specs=specs))
+        except SpecbenchError as e:
+            raise SpecbenchError(f"{e} (label {label!r})" if label != method else str(e)) from None
         if method in HF_METHODS:
             if numerics is not None:
                 raise SpecbenchError(f"method {label!r} ({method}) runs transformers' own kernels: "

@@ -39,7 +39,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from specbench.checks import check_device
 from specbench.errors import SpecbenchError
+from specbench.strategies import STRATEGIES, make_proposer
 
 from . import config as config_mod
 from . import datasets, plots, specbench_format, store, summary
@@ -57,9 +59,11 @@ def core_generate(model, prompt, **kwargs):
     return specbench.generate(model, prompt, **kwargs)
 
 
-def core_load_model(path, device: str, dtype: str):
-    import specbench
-    return specbench.load_model(path, device=device, dtype=dtype)
+def core_load_model(path, device: str, dtype: str, verbose: bool = False, announce: bool = False):
+    """A model, with the commands' one `loading ...` line on stderr when announce."""
+    from specbench.loading import load_with_status, locate_model
+    source = locate_model(path, verbose)
+    return load_with_status(source, device, dtype) if announce else source.load(device, dtype)
 
 
 def encode_messages(model, messages: list[dict]) -> list[int]:
@@ -149,9 +153,9 @@ def build_prompt(model, question: datasets.Question, turn: int, history: list[di
 class _Methods:
     """Callables (prompt_ids, max_new_tokens) -> output for every method label of the run."""
 
-    def __init__(self, model, cfg: dict):
+    def __init__(self, model, cfg: dict, verbose: bool):
         self.model, self.cfg = model, cfg
-        self.hf = HFBaselines(model)
+        self.hf = HFBaselines(model, verbose)
         self.calls = {}
         for m in cfg["methods"]:
             self.calls[m["label"]] = self._make(m)
@@ -163,9 +167,10 @@ class _Methods:
             self.hf.options(m["method"], m["options"])    # validate now, loading the HF model
             return lambda ids, n: self.hf.generate(m["method"], ids, max_new_tokens=n, **sampling, **m["options"])
         opts = dict(m["options"])
-        if m["method"] == "sps":    # load the draft now (sps keeps it per target), not in a timed call
-            from specbench.strategies import make_proposer
-            make_proposer("sps", self.model, **opts)
+        if m["method"] in STRATEGIES:
+            # built once now: loads its draft or drafter (kept per target) outside the timed calls,
+            # and checks the options that need the model (an exit layer beyond its depth)
+            make_proposer(m["method"], self.model, **opts)
 
         def call(ids, n):
             self.model.numerics = m["numerics"]      # the mode of this method's target forwards
@@ -214,13 +219,15 @@ def finalize(out: Path, cfg: dict, answers: list[dict], write: bool = True) -> B
 
 
 def run_benchmark(config: dict | str | Path | None, out: str | Path, model=None, progress: bool = True,
-                  methods: list[str] | None = None) -> BenchResult:
+                  methods: list[str] | None = None, verbose: bool = False) -> BenchResult:
     """Run (or resume, or just re-read) a benchmark into the folder `out`.
 
     config: a dict (keys as in `specbench.bench.config.DEFAULTS`), a YAML/JSON file, or None.
     model: an already loaded specbench model to use instead of loading ``config["model"]`` (the
     config still decides what the folder records). methods: keep only these labels (or add these
-    methods with default options), as ``--methods`` does.
+    methods with default options), as ``--methods`` does. verbose: show transformers' output
+    while loading. Everything is checked (config, options, model files, dataset, out folder,
+    device) before any model is loaded.
     """
     raw = config_mod.load_config(config)
     cfg = config_mod.resolve_config(raw, methods_filter=methods)
@@ -230,6 +237,8 @@ def run_benchmark(config: dict | str | Path | None, out: str | Path, model=None,
     if not questions:
         raise SpecbenchError("no questions selected")
     out = Path(out)
+    if not (out / store.FINISHED_MARKER).is_file():     # a finished folder is only re-read
+        check_device(cfg["device"])
     finished, stored = store.prepare_folder(out, cfg)
     cfg = config_mod.jsonable(cfg)
     if finished:
@@ -253,20 +262,20 @@ def run_benchmark(config: dict | str | Path | None, out: str | Path, model=None,
         torch.set_num_threads(cfg["threads"])
     try:
         if remaining:
-            _run_units(cfg, out, questions, remaining, len(units), done, answers, model, progress, refs, key)
+            _run_units(cfg, out, questions, remaining, len(units), done, answers, model, progress, refs, key,
+                       verbose)
     finally:
         torch.set_num_threads(threads_before)
     # the answers in the order of the run (stored ones first, in file order)
     return finalize(out, cfg, answers, write=True)
 
 
-def _run_units(cfg, out, questions, remaining, total, done, answers, model, progress, refs, key) -> None:
+def _run_units(cfg, out, questions, remaining, total, done, answers, model, progress, refs, key, verbose) -> None:
     """Load what the run needs, warm up, then time and store every remaining answer."""
     if model is None:
-        _log(progress, f"loading model {cfg['model'] or '(default)'} on {cfg['device']} ({cfg['dtype']})")
-        model = core_load_model(cfg["model"], cfg["device"], cfg["dtype"])
+        model = core_load_model(cfg["model"], cfg["device"], cfg["dtype"], verbose, announce=progress)
     device = _device(model)
-    calls = _Methods(model, cfg).calls
+    calls = _Methods(model, cfg, verbose).calls
     # every prompt is built before timing starts, so a bad question fails early
     for q in questions:
         if isinstance(q.turns[0], str) and getattr(model, "tokenizer", None) is None:

@@ -28,6 +28,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from torch import nn
 
 from ..errors import SpecbenchError
 from ..model import Block, ModelArgs, RMSNorm, Transformer
+from ..options import Check
 from .base import FORMAT, Drafter, read_json, signature_mismatch, target_signature
 
 INITS = ("target", "fresh")
@@ -149,15 +151,22 @@ def load_draft(folder: str | os.PathLike, model: Transformer) -> Transformer:
     return load_drafter(folder, model, "draft").as_model(model)
 
 
-def load_standalone(folder: Path, device, dtype) -> Transformer:
-    """`load_model` on a compact draft folder: its target comes first (`target_model` when that
-    path exists here, else the default model), then the draft on it."""
-    from ..loading import load_model
+def standalone_target(folder: Path) -> str | None:
+    """The target a compact draft folder loads on as a model: its `target_model` when that path
+    exists here, else None (the default model). Checked without loading anything."""
     config = read_json(folder / "config.json")
     if config.get("kind") != "draft":
         raise SpecbenchError(f"{folder} holds a {config.get('kind')} drafter, not a model: pass it as drafter=")
     target_path = config.get("target_model")
-    use = target_path if target_path and Path(target_path).exists() else None
+    return target_path if target_path and Path(target_path).exists() else None
+
+
+def load_standalone(folder: Path, device, dtype) -> Transformer:
+    """`load_model` on a compact draft folder: its target comes first (`standalone_target`), then
+    the draft on it."""
+    from ..loading import load_model
+    config = read_json(folder / "config.json")
+    use = standalone_target(folder)
     target = load_model(use, device=device, dtype=dtype)
     why = signature_mismatch(config.get("target") or {}, target)
     if why is not None:
@@ -168,6 +177,19 @@ def load_standalone(folder: Path, device, dtype) -> Transformer:
 
 
 TARGET_LAYERS = re.compile(r"target:(\d+)")
+
+
+def draft_reference(value: str | os.PathLike) -> str:
+    """sps's draft= given as text, checked without loading anything: "target", "target:K" (K >= 1),
+    or a model path (its files checked by locate_model, made absolute) or hub id."""
+    from ..loading import locate_model
+    value = str(value)
+    if value == "target" or re.fullmatch(r"target:[1-9]\d*", value):
+        return value
+    return locate_model(value).location
+
+
+DraftRef = Annotated[str | Path, Check(draft_reference, "'target', 'target:K' or a model path")]
 
 
 def resolve_draft(draft, model: Transformer) -> Transformer:

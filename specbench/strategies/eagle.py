@@ -259,6 +259,16 @@ def draft_step(model: Transformer, drafter: EagleDraft, plan, need: int, draft_v
 
 
 class Eagle(Proposer):
+    """A one-layer draft on the target's features drafts a static (EAGLE-1) or dynamic (EAGLE-2) tree.
+
+    Options:
+    drafter: None: the one shipped for the default model
+    depth: None: by device
+    draft_top_k: None: by device
+    total_tokens: None: by device
+    draft_vocab: None: by device
+    """
+
     def __init__(self, model: Transformer, drafter=None, tree: str | list = "dynamic", depth: int | None = None,
                  draft_top_k: int | None = None, total_tokens: int | None = None, draft_vocab: int | None = None):
         given = {name: value for name, value in (("depth", depth), ("draft_top_k", draft_top_k),

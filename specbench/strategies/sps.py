@@ -17,10 +17,11 @@ import torch
 
 from ..cuda_graph import BUCKETS, graphed_model
 from ..drafters.base import frequent_tokens
-from ..drafters.draft import resolve_draft
+from ..drafters.draft import DraftLayers, DraftRef, resolve_draft
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
 from ..model import Transformer
+from ..options import PositiveInt
 from ..sampling import draw, process_logits
 from ..tree import DraftTree
 
@@ -28,12 +29,17 @@ GRAPHED_TOKENS = BUCKETS[1]   # the draft's decoding forwards (1 or 2 new tokens
 
 
 class DraftModel(Proposer):
-    def __init__(self, model: Transformer, draft=None, num_draft: int = 5, draft_vocab: int | None = None):
-        if isinstance(num_draft, bool) or not isinstance(num_draft, int) or num_draft < 1:
-            raise SpecbenchError(f"num_draft must be an integer >= 1, got {num_draft!r}")
+    """A draft model sharing the vocabulary samples a chain (its own cache).
+
+    Options:
+    draft: None: the draft shipped for the default model
+    draft_vocab: None: the whole vocabulary
+    """
+
+    def __init__(self, model: Transformer, draft: DraftRef | Transformer | DraftLayers | None = None,
+                 num_draft: PositiveInt = 5, draft_vocab: PositiveInt | None = None):
         vocab = model.args.vocab_size
-        if draft_vocab is not None and (isinstance(draft_vocab, bool) or not isinstance(draft_vocab, int)
-                                        or not 1 <= draft_vocab <= vocab):
+        if draft_vocab is not None and draft_vocab > vocab:
             raise SpecbenchError(f"draft_vocab must be a token count in 1..{vocab} or None, got {draft_vocab!r}")
         draft = resolve_draft(draft, model)
         if draft.args.vocab_size != vocab:

@@ -18,6 +18,7 @@ import torch
 from ..drafters import DRAFTERS, Drafter, random_drafter
 from ..errors import SpecbenchError
 from ..model import Transformer
+from ..weights_cache import cache_root
 from .data import TokenData, self_distill, sharegpt_tokens
 from ..drafters.draft import INITS
 from .distill import DIVERGENCES, DistillObjective
@@ -27,11 +28,6 @@ from .trainer import DEFAULT_DATA, Stop, TrainConfig, split, train
 
 OBJECTIVES = {"medusa": MedusaObjective, "draft": DistillObjective, "eagle": EagleObjective}
 DATA_SOURCES = ("sharegpt", "self_distill")
-
-
-def cache_dir() -> Path:
-    """Where derived files (token files) are cached: $SPECBENCH_CACHE, else ~/.cache/specbench."""
-    return Path(os.environ.get("SPECBENCH_CACHE") or Path.home() / ".cache" / "specbench")
 
 
 def check_config(config: TrainConfig) -> None:
@@ -65,7 +61,7 @@ def training_data(model: Transformer, config: TrainConfig) -> TokenData:
             data = data.select(list(range(config.conversations)))
     else:
         name = getattr(model, "name", None) or f"model-{model.args.hidden_size}-{model.args.vocab_size}"
-        path = cache_dir() / "data" / f"{config.data}-{name}-{config.conversations}-{config.max_len}.npz"
+        path = cache_root() / "data" / f"{config.data}-{name}-{config.conversations}-{config.max_len}.npz"
         if path.is_file():
             data = TokenData.load(path)
         else:

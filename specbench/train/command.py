@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from ..errors import SpecbenchError
+from ..cli import add_verbose
 from ..drafters.draft import DEFAULT_LAYERS
+from ..errors import SpecbenchError
 from . import DATA_SOURCES, DEFAULT_DATA, OBJECTIVES, TrainConfig, check_config
 from .distill import DIVERGENCES
 
@@ -43,10 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draft: start from the target's first layers (target) or at random (fresh)")
     parser.add_argument("--divergence", default="fkl",
                         help=f"draft: what distillation minimises, one of {', '.join(DIVERGENCES)} (README)")
+    add_verbose(parser)
 
 
 def run(args) -> int:
-    from ..loading import load_model, parse_dtype
+    from ..checks import check_device, check_dtype, check_output_dir
+    from ..loading import load_with_status, locate_model
     from . import train_drafter, training_data
     drafter, objective = {}, {}
     if args.kind == "medusa":
@@ -62,19 +66,16 @@ def run(args) -> int:
                          checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
                          dtype=args.dtype, drafter=drafter, objective=objective)
     check_config(config)
-    parse_dtype(args.dtype)
-    if args.device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise SpecbenchError(f"--device {args.device}: no CUDA device is available here")
+    check_device(args.device)
+    check_dtype(args.dtype)
     if drafter.get("num_heads", 1) < 1 or drafter.get("num_layers", 1) < 1:
         raise SpecbenchError("--heads and --layers must be >= 1")
     if args.eval_tokens < 1:
         raise SpecbenchError("--eval-tokens must be >= 1")
+    check_output_dir(Path(args.out).parent if args.kind == "data" else args.out, "the --out folder")
     start = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_with_status(locate_model(args.model, args.verbose), args.device, args.dtype)
     if args.kind == "data":
-        from pathlib import Path
         data = training_data(model, config)
         path = data.save(Path(args.out))
         print(f"wrote {len(data)} conversations ({len(data.tokens)} tokens) to {path}", file=sys.stderr)
