@@ -9,7 +9,7 @@
 set -euo pipefail
 model=$1; sharegpt=$2; questions=$3; work=${4:-results/train}
 n=${CONVERSATIONS:-3000}
-sd_n=$n
+sd_n=${SELF_DISTILL_CONVERSATIONS:-2000}
 sb="python3 -m specbench.cli"
 common="--model $model --device cuda --dtype bfloat16"
 mkdir -p "$work"

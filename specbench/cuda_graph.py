@@ -3,8 +3,10 @@
 At batch 1 a small model's forward is dominated by kernel launches (~35 small kernels per layer),
 whether it scores 1 token or 64. Each forward shape (new tokens padded to a bucket, start and stop
 layer) is therefore compiled with torch.compile (which fuses norms, RoPE and SiLU into a few
-Triton kernels), captured in a CUDA graph over a static cache and the whole cache as attention span
-(masked), and replayed. Nothing inside a replay synchronises with the host.
+Triton kernels), captured in a CUDA graph over a static cache, and replayed. The committed length
+is a device tensor the attention kernels read, so a replay touches only the live slots, whatever
+the cache's size. Nothing inside a replay synchronises with the host. A model's graphs belong to
+its numerics mode (specbench/numerics.py).
 """
 from __future__ import annotations
 
@@ -36,8 +38,8 @@ class GraphedForward:
         self.tokens = torch.zeros(n, dtype=torch.long, device=device)
         self.positions = torch.zeros(n, dtype=torch.long, device=device)
         # warm-up and capture write to the last slots, never used by a generation in progress
-        self.slots = torch.arange(size - n, size, device=device)
-        self.mask = torch.ones(n, size, dtype=torch.bool, device=device)
+        self.start = torch.full((1,), size - n, dtype=torch.long, device=device)
+        self.mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()
         self.hidden = torch.zeros(n, model.args.hidden_size, dtype=model.dtype, device=device)
         # every bucket compiles for its own static token count: with dynamo's automatic dynamic
         # shapes the second bucket would compile a symbolic count that all later buckets share,
@@ -55,8 +57,8 @@ class GraphedForward:
             self.out = step()
 
     def _forward(self) -> tuple[torch.Tensor, ...]:
-        out = self.model(self.tokens, self.positions, self.cache, self.mask, slots=self.slots,
-                         span=self.cache.max_len, start_layer=self.start_layer,
+        out = self.model(self.tokens, self.positions, self.cache, self.mask, start=self.start,
+                         start_layer=self.start_layer,
                          hidden=self.hidden if self.start_layer else None, stop_layer=self.stop_layer,
                          output_layers=self.feature_layers)
         head = out.hidden if self.stop_layer is not None else out.logits
@@ -77,7 +79,17 @@ class GraphedModel:
         # methods needs more than dynamo's default of 8 compilations of one function
         torch._dynamo.config.recompile_limit = 256
         torch._dynamo.config.accumulated_recompile_limit = 4096
-        self.all_slots = torch.arange(max_len, device=model.device)
+
+    @torch.inference_mode()
+    def prepare(self, n: int, start_layer: int = 0, stop_layer: int | None = None,
+                feature_layers: tuple[int, ...] = ()) -> GraphedForward:
+        """The captured forward that serves n new tokens, captured on first use (callers may
+        capture ahead, so no timed step pays for it)."""
+        key = (bucket(n), start_layer, stop_layer, feature_layers)
+        if key not in self.graphs:
+            self.graphs[key] = GraphedForward(self.model, self.cache, bucket(n), start_layer, stop_layer,
+                                              feature_layers, self.compile, self.pool)
+        return self.graphs[key]
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
@@ -87,23 +99,17 @@ class GraphedModel:
         seeing every slot before them; returns copies of the outputs."""
         n, length = tokens.shape[0], self.cache.length + offset
         b = bucket(n)
-        key = (b, start_layer, stop_layer, feature_layers)
-        if key not in self.graphs:
-            self.graphs[key] = GraphedForward(self.model, self.cache, b, start_layer, stop_layer,
-                                              feature_layers, self.compile, self.pool)
-        g = self.graphs[key]
+        g = self.prepare(n, start_layer, stop_layer, feature_layers)
         g.tokens[:n].copy_(tokens, non_blocking=True)
         g.positions[:n].copy_(positions, non_blocking=True)
         g.positions[n:] = 0
-        g.slots.copy_(self.all_slots[length:length + b])   # pads write past the real tokens
-        g.mask.copy_((self.all_slots < length).expand(b, -1))
-        new = g.mask[:, length:length + b]
+        g.start.fill_(length)                               # pads write past the real tokens
         if mask is None:
-            new.copy_(torch.ones(b, b, dtype=torch.bool, device=new.device).tril())
+            g.mask.copy_(torch.ones(b, b, dtype=torch.bool, device=g.mask.device).tril())
         else:
-            new.fill_(False)
-            new[:n, :n] = mask
-            new[n:, n:] = torch.eye(b - n, dtype=torch.bool, device=new.device)  # pads see themselves
+            g.mask.fill_(False)
+            g.mask[:n, :n] = mask
+            g.mask[n:, n:] = torch.eye(b - n, dtype=torch.bool, device=g.mask.device)  # pads see themselves
         if start_layer:
             g.hidden[:n].copy_(hidden)
         g.graph.replay()
@@ -118,8 +124,9 @@ def graphed_model(model: Transformer, max_len: int) -> GraphedModel:
     """The model's graphs for a cache of at least max_len slots (sizes rounded up to 1024)."""
     size = -(-(max_len + BUCKETS[-1]) // 1024) * 1024
     graphs = model.__dict__.setdefault("_graphed", {})
-    if size not in graphs:
-        graphs[size] = GraphedModel(model, size)
-    graphed = graphs[size]
+    key = (size, model.numerics)
+    if key not in graphs:
+        graphs[key] = GraphedModel(model, size)
+    graphed = graphs[key]
     graphed.cache.length = 0
     return graphed

@@ -51,9 +51,7 @@ class DecodeContext:
         if self.graphed is not None and n <= BUCKETS[-1]:
             return self.graphed.forward(tokens, positions, mask, offset, start_layer, hidden, stop_layer,
                                         feature_layers)
-        base = self.cache.length + offset
-        return self.model(tokens, positions, self.cache, mask,
-                          slots=torch.arange(base, base + n, device=tokens.device), span=base + n,
+        return self.model(tokens, positions, self.cache, mask, start=self.cache.length + offset,
                           start_layer=start_layer, hidden=hidden, stop_layer=stop_layer,
                           output_layers=feature_layers)
 
@@ -76,6 +74,12 @@ class Proposer:
     feature_layers: tuple[int, ...] = ()
     # (threshold, alpha) selects Medusa's typical acceptance (lossy) for sampled decoding
     typical: tuple[float, float] | None = None
+
+    @classmethod
+    def lossless_with(cls, options: dict) -> bool:
+        """Whether these options (all of them, defaults filled in) keep the target's output
+        distribution; the methods table asks before any instance exists."""
+        return cls.lossless
 
     def begin(self, ctx: DecodeContext) -> None:
         """Per-generation setup (own caches, n-gram pools), after the prompt is prefilled."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import engine
+from .checks import check_decoding
 from .errors import SpecbenchError
-from .model import Transformer
-from .sampling import SamplingParams
+from .model import ModelArgs, Transformer
 from .strategies import make_proposer
 
 
@@ -19,7 +19,8 @@ class GenerationOutput:
 
 def encode_prompt(model: Transformer, prompt, chat: bool = True) -> list[int]:
     """Token ids of a prompt: ids as given; text and chat messages through the tokenizer, with the
-    chat template (and its generation prompt) unless chat=False."""
+    chat template (and its generation prompt) unless chat=False. `model` may also be a
+    `loading.ModelSource` (its tokenizer and args), so commands check prompts before loading weights."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise SpecbenchError("empty prompt")
@@ -47,19 +48,22 @@ def encode_prompt(model: Transformer, prompt, chat: bool = True) -> list[int]:
     return list(ids)
 
 
+def check_prompt_fits(n_tokens: int, args: ModelArgs) -> None:
+    """A prompt must leave room for at least one new token in the model's context."""
+    context = args.max_position_embeddings
+    if n_tokens >= context:
+        raise SpecbenchError(f"prompt of {n_tokens} tokens does not fit the model's context of {context} tokens")
+
+
 def generate(model: Transformer, prompt, method: str = "vanilla", max_new_tokens: int = 128,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
              chat: bool = True, **options) -> GenerationOutput:
     """Decode up to max_new_tokens new tokens with the named strategy (method options as kwargs)."""
-    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise SpecbenchError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens}")
-    ids = encode_prompt(model, prompt, chat)
-    context = model.args.max_position_embeddings
-    if len(ids) >= context:
-        raise SpecbenchError(f"prompt of {len(ids)} tokens does not fit the model's context of {context} tokens")
+    params, options = check_decoding(method, options, max_new_tokens, temperature, top_k, top_p)
     proposer = make_proposer(method, model, **options)
-    budget = min(max_new_tokens, context - len(ids))
+    ids = encode_prompt(model, prompt, chat)
+    check_prompt_fits(len(ids), model.args)
+    budget = min(max_new_tokens, model.args.max_position_embeddings - len(ids))
     eos = model.args.eos_token_ids
     if model.tokenizer is not None and model.tokenizer.eos_token_id is not None:
         eos = tuple(sorted(set(eos) | {model.tokenizer.eos_token_id}))

@@ -1,9 +1,10 @@
 """A compact decoder for the Llama family (Llama, SmolLM2, Qwen2, Mistral) that owns its KV cache.
 
-One forward takes new tokens with explicit positions, cache slots and an attention mask among
-them, on top of whatever the cache already holds. That single entry point serves prefill, one-token
-decoding, chain and tree verification, early exit (`stop_layer`) and resuming from a layer
-(`start_layer` + `hidden`).
+One forward takes new tokens with explicit positions, a first cache slot and an attention mask
+among them, on top of whatever the cache already holds. That single entry point serves prefill,
+one-token decoding, chain and tree verification, early exit (`stop_layer`) and resuming from a
+layer (`start_layer` + `hidden`). Its reductions run in the model's numerics mode
+(specbench/numerics.py).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention
+from . import numerics
 from .errors import SpecbenchError
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -134,7 +135,10 @@ class Linear(nn.Linear):
         self._packed = (torch.ops.mkldnn._reorder_linear_weight(w.detach()), self._key()) if packable else None
 
     def _key(self) -> tuple[int, int]:
-        return self.weight.data_ptr(), self.weight._version
+        """What identifies the weight the packed copy was made from (an inference tensor, made
+        under torch.inference_mode, keeps no version counter: only its storage is compared)."""
+        w = self.weight
+        return w.data_ptr(), -1 if w.is_inference() else w._version
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self.__dict__.get("_packed")
@@ -158,23 +162,33 @@ class Block(nn.Module):
         self.w13 = Linear(args.hidden_size, 2 * args.intermediate_size, bias=False)  # gate, up
         self.w2 = Linear(args.intermediate_size, args.hidden_size, bias=False)
 
-    def kv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """q, k, v of x [n, D], with RoPE applied to q and k."""
+    def kv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mode: str = "fast"):
+        """q, k, v of x [n, D], with RoPE applied to q and k (`mode`: the numerics mode)."""
         a = self.args
-        qkv = self.wqkv(self.attn_norm(x))
+        qkv = numerics.linear(numerics.rms_norm(x, self.attn_norm, mode), self.wqkv, mode)
         q, k, v = qkv.split([a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim,
                              a.num_kv_heads * a.head_dim], dim=-1)
         q = apply_rope(q.view(-1, a.num_heads, a.head_dim), cos, sin)
         k = apply_rope(k.view(-1, a.num_kv_heads, a.head_dim), cos, sin)
         return q, k, v.view(-1, a.num_kv_heads, a.head_dim)
 
-    def forward(self, x, cos, sin, cache: KVCache, layer: int, slots, span, mask, causal=False):
-        q, k, v = self.kv(x, cos, sin)
+    def forward(self, x, cos, sin, cache: KVCache, layer: int, slots, attend: numerics.Attention, mode: str):
+        """Write this block's K/V of x at `slots` of `cache` (layer `layer`), attend, then the rest."""
+        q, k, v = self.kv(x, cos, sin, mode)
         cache.write(layer, slots, k, v)
-        out = attention(q.transpose(0, 1), cache.k[layer, :, :span], cache.v[layer, :, :span], mask, causal)
-        x = x + self.wo(out.transpose(0, 1).reshape(x.shape[0], -1))
-        gate, up = self.w13(self.ffn_norm(x)).chunk(2, dim=-1)
-        return x + self.w2(F.silu(gate) * up)
+        return self.after_attention(x, attend(q, cache.k[layer], cache.v[layer]), mode)
+
+    def mix(self, x, q, k, v, mask):
+        """The block after its K/V are known, without a cache: PyTorch's (differentiable) attention
+        of q [n, heads, d] over k, v [kv_heads, span, d], then the rest of the block in fast
+        numerics. Training a draft calls it (autograd must not see K/V written in place)."""
+        return self.after_attention(x, numerics.sdpa(q, k, v, mask), "fast")
+
+    def after_attention(self, x, attended, mode: str):
+        """The output projection of attention's result [n, heads, d] and the MLP, with residuals."""
+        x = x + numerics.linear(attended.reshape(x.shape[0], -1), self.wo, mode)
+        gate, up = numerics.linear(numerics.rms_norm(x, self.ffn_norm, mode), self.w13, mode).chunk(2, dim=-1)
+        return x + numerics.linear(numerics.silu(gate, mode) * up, self.w2, mode)
 
 
 class KVCache:
@@ -246,6 +260,21 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(args).float(), persistent=False)
         self.tokenizer = None        # a Hugging Face tokenizer, when the model came with one
         self.hf_source: dict | None = None   # from_pretrained kwargs that load the same weights in HF
+        self.name = "unnamed"   # short and stable (a GGUF: its file name without the quantisation suffix)
+        self.numerics = "fast"
+
+    @property
+    def numerics(self) -> str:
+        """"fast" or "batch_invariant" (specbench/numerics.py): how every forward rounds."""
+        return self._numerics
+
+    @numerics.setter
+    def numerics(self, mode: str) -> None:
+        numerics.check_numerics(mode)
+        if mode == "batch_invariant" and self.device.type == "cuda" and self.dtype == torch.float64:
+            raise SpecbenchError("numerics 'batch_invariant' on CUDA runs Triton kernels for float32, "
+                                 "bfloat16 and float16, not float64")
+        self._numerics = mode
 
     @property
     def device(self) -> torch.device:
@@ -277,7 +306,8 @@ class Transformer(nn.Module):
 
     def logits_from(self, hidden: torch.Tensor) -> torch.Tensor:
         """The shared final norm and LM head, on any layer's residual stream (early exit)."""
-        return self.lm_head(self.norm(hidden))
+        mode = self.numerics
+        return numerics.linear(numerics.rms_norm(hidden, self.norm, mode), self.lm_head, mode)
 
     def rope(self, positions: torch.Tensor):
         freqs = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]
@@ -290,8 +320,7 @@ class Transformer(nn.Module):
         cache: KVCache,
         mask: torch.Tensor | None = None,
         *,
-        slots: torch.Tensor | None = None,
-        span: int | None = None,
+        start: int | torch.Tensor | None = None,
         start_layer: int = 0,
         hidden: torch.Tensor | None = None,
         stop_layer: int | None = None,
@@ -300,43 +329,29 @@ class Transformer(nn.Module):
     ) -> ForwardOut:
         """Run new tokens [n] at `positions` [n] over the cache.
 
-        They are written at `slots` (default: right after the committed entries) and attend to the
-        first `span` slots (default: committed + new). `mask` is [n, n] among the new tokens (they
-        must then be the last n slots of the span) or [n, span]; None means causal among the new
-        tokens. `start_layer` with `hidden` [n, D] resumes a forward that `stop_layer` cut short.
+        They are written at slots start .. start+n-1 (default start: the committed length) and see
+        every slot below `start` and each other through `mask` [n, n] (None: causal). `start` may
+        be a one-element device tensor (a CUDA graph's, set before each replay). `start_layer`
+        with `hidden` [n, D] resumes a forward that `stop_layer` cut short.
         """
         n = tokens.shape[0]
-        if slots is None:
-            slots = torch.arange(cache.length, cache.length + n, device=tokens.device)
-        if span is None:
-            span = cache.length + n
-        causal = mask is None and n > 1 and span == n     # a forward on an empty cache (prefill)
-        mask = None if causal else self.full_mask(mask, n, span, tokens.device)
+        if mask is not None and mask.shape != (n, n):
+            raise ValueError(f"mask must be [{n}, {n}], got {list(mask.shape)}")
+        start = cache.length if start is None else start
+        slots = start + torch.arange(n, device=tokens.device)
+        attend = numerics.Attention(self.numerics, start, mask, positions)
         cos, sin = self.rope(positions)
         x = self.embed(tokens) if start_layer == 0 else hidden
         stop = self.args.num_layers if stop_layer is None else stop_layer
         layer_hidden = {}
         for i in range(start_layer, stop):
-            x = self.layers[i](x, cos, sin, cache, i, slots, span, mask, causal)
+            x = self.layers[i](x, cos, sin, cache, i, slots, attend, self.numerics)
             if i + 1 in output_layers:
                 layer_hidden[i + 1] = x
         if stop_layer is not None:   # early exit or prefill: the caller needs no logits
             return ForwardOut(None, x, layer_hidden)
         logits = self.logits_from(x[-1:] if last_only else x)
         return ForwardOut(logits, x, layer_hidden)
-
-    @staticmethod
-    def full_mask(mask: torch.Tensor | None, n: int, span: int, device) -> torch.Tensor | None:
-        """[n, span] boolean mask, or None when every new token may see every slot."""
-        if mask is None:
-            if n == 1:
-                return None
-            mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-        if mask.shape[-1] == span:
-            return mask
-        if mask.shape != (n, n):
-            raise ValueError(f"mask must be [{n}, {n}] or [{n}, {span}], got {list(mask.shape)}")
-        return torch.cat([torch.ones(n, span - n, dtype=torch.bool, device=device), mask], dim=1)
 
     def propagate_kv(self, hidden: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                      slots: torch.Tensor, from_layer: int) -> None:
@@ -347,5 +362,5 @@ class Transformer(nn.Module):
         """
         cos, sin = self.rope(positions)
         for i in range(from_layer, self.args.num_layers):
-            _, k, v = self.layers[i].kv(hidden, cos, sin)
+            _, k, v = self.layers[i].kv(hidden, cos, sin, self.numerics)
             cache.write(i, slots, k, v)

@@ -22,20 +22,24 @@ reported beside it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from .checks import check_device, check_dtype
 from .engine import DecodeContext, run
 from .errors import SpecbenchError
-from .loading import load_model, parse_dtype
+from .loading import ModelSource, load_with_status, locate_model
 from .model import ModelArgs, Transformer, rope_inv_freq
+from .numerics import check_numerics
 from .sampling import SamplingParams
 from .strategies.vanilla import Vanilla
 from .timing import PHASES
@@ -69,7 +73,7 @@ def shape_model(shape: str, device: str | torch.device = "cpu", dtype: str | tor
     args = SHAPES[shape]
     with torch.device("meta"):
         model = Transformer(args)
-    model = model.to(parse_dtype(dtype)).to_empty(device=device)
+    model = model.to(check_dtype(dtype)).to_empty(device=device)
     if args.tie_word_embeddings:    # to_empty allocates the two uses of the tied weight apart
         model.lm_head.weight = model.embed.weight
     model.inv_freq = rope_inv_freq(args).float().to(device)
@@ -209,40 +213,71 @@ def device_name(device: torch.device) -> str:
     return f"{cpu or platform.machine()}, {os.cpu_count()} cores"
 
 
-def check_request(shape: str | None, model_path: str | None, device: str, dtype: str, cache_lens,
-                  new_tokens, repeats: int, decode_tokens: int, threads: int | None) -> tuple[torch.device, list[int]]:
-    """Validate a profile request before anything slow; returns the device and the cache lengths."""
+def _count(name: str, value, low: int) -> int:
+    """An integer >= low, also from command-line text."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not re.fullmatch(r"-?\d+", text) \
+            or int(text) < low:
+        raise SpecbenchError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(text)
+
+
+@dataclass
+class Request:
+    """A checked profile request: what to profile (a named shape, or a located model file) and how."""
+    shape: str | None
+    source: ModelSource | None
+    device: torch.device
+    dtype: torch.dtype
+    numerics: str
+    cache_lens: list[int]
+    new_tokens: tuple[int, ...]
+    repeats: int
+    decode_tokens: int
+    threads: int | None
+
+    @property
+    def label(self) -> str:
+        return self.shape or (self.source.name if self.source else "model")
+
+    def load(self) -> Transformer:
+        """The model: random weights of the shape, or the model file loaded (one status line)."""
+        if self.source is None:
+            model = shape_model(self.shape, self.device, self.dtype)
+            model.numerics = self.numerics
+        else:
+            model = load_with_status(self.source, self.device, self.dtype, self.numerics)
+        check_context(model.args, self.cache_lens, self.new_tokens, self.decode_tokens)
+        return model
+
+
+def check_request(shape: str | None = None, model_path: str | None = None, device="cpu", dtype="float32",
+                  numerics: str = "fast", cache_lens=(512,), new_tokens=NEW_TOKENS, repeats=5,
+                  decode_tokens=64, threads=None, verbose: bool = False) -> Request:
+    """Check a profile request with the shared checks (`specbench.checks`, `locate_model` for a
+    model path) before anything slow (neither shape nor path: a model the caller holds)."""
     if shape is not None and model_path is not None:
         raise SpecbenchError("give either a model path or a shape, not both")
     if shape is not None and shape not in SHAPES:
         raise SpecbenchError(f"unknown shape {shape!r}: choose one of {', '.join(SHAPES)}")
-    parse_dtype(dtype)
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SpecbenchError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    torch_dtype, dev = check_dtype(dtype), check_device(device)
     if dev.type not in ("cpu", "cuda"):
-        raise SpecbenchError(f"unsupported device {device!r}: use cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SpecbenchError(f"device {device!r}: no CUDA device is available here")
-    lens = []
-    for value in cache_lens:
-        text = str(value).strip()
-        if isinstance(value, bool) or not re.fullmatch(r"\d+", text):
-            raise SpecbenchError(f"cache length must be an integer >= 0, got {value!r}")
-        lens.append(int(text))
+        raise SpecbenchError(f"profile runs on cpu or cuda, not {device!r}")
+    check_numerics(numerics)
+    lens = [_count("cache length", value, 0) for value in cache_lens]
     if not lens:
         raise SpecbenchError("give at least one cache length")
     if not new_tokens or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in new_tokens):
         raise SpecbenchError(f"new token counts must be integers >= 1, got {list(new_tokens)}")
-    for name, value in (("repeats", repeats), ("decode_tokens", decode_tokens), ("threads", threads)):
-        if value is None and name == "threads":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SpecbenchError(f"{name} must be an integer >= 1, got {value!r}")
-    if shape is not None:
-        check_context(SHAPES[shape], lens, new_tokens, decode_tokens)
-    return dev, lens
+    request = Request(shape=shape, source=None, device=dev, dtype=torch_dtype, numerics=numerics, cache_lens=lens,
+                      new_tokens=tuple(new_tokens), repeats=_count("repeats", repeats, 1),
+                      decode_tokens=_count("decode_tokens", decode_tokens, 1),
+                      threads=None if threads is None else _count("threads", threads, 1))
+    if model_path is not None:
+        request.source = locate_model(model_path, verbose)
+    elif shape is not None:
+        check_context(SHAPES[shape], lens, request.new_tokens, request.decode_tokens)
+    return request
 
 
 def check_context(args: ModelArgs, cache_lens: list[int], new_tokens, decode_tokens: int) -> None:
@@ -252,53 +287,70 @@ def check_context(args: ModelArgs, cache_lens: list[int], new_tokens, decode_tok
                              f"exceeds the model's context of {args.max_position_embeddings}")
 
 
-def profile(model: Transformer | None = None, *, shape: str | None = None, model_path: str | None = None,
-            device: str = "cpu", dtype: str = "float32", cache_lens=(512,), new_tokens=NEW_TOKENS,
-            repeats: int = 5, decode_tokens: int = 64, threads: int | None = None) -> pd.DataFrame:
-    """The cost curve, vanilla decode speed and bandwidth floor as one tidy DataFrame.
-
-    Profile `model` (as it is), a named `shape` (random weights, see SHAPES) or the model at
-    `model_path` (default, with neither: the "default" shape). One row per (cache_len, new_tokens):
-    ms (median wall time per forward), device_ms (CUDA events), x_step (ms / ms of n=1 at that
-    cache length); the run's constants are repeated on every row: vanilla_tok_s (per cache
-    length), weight_gb, copy_gb_s, floor_ms (per token), pct_of_floor (vanilla against the floor),
-    plus label, device, device_name, dtype, threads.
-    """
-    if model is None and model_path is None and shape is None:
-        shape = "default"
-    if model is not None:
-        device, dtype = str(model.device), str(model.dtype).removeprefix("torch.")
-    dev, lens = check_request(shape, model_path, device, dtype, cache_lens, new_tokens, repeats,
-                              decode_tokens, threads)
-    threads_before = torch.get_num_threads()
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's CPU thread count set to `threads` (None: as it is) inside, restored after."""
+    before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        if model is None:
-            model = shape_model(shape, dev, dtype) if shape else load_model(model_path, device=str(dev), dtype=dtype)
-        check_context(model.args, lens, new_tokens, decode_tokens)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure(request: Request, model: Transformer) -> pd.DataFrame:
+    """The cost curve, vanilla decode speed and bandwidth floor of `model` as one tidy DataFrame.
+
+    One row per (cache_len, new_tokens): ms (median wall time per forward), device_ms (CUDA
+    events), x_step (ms / ms of n=1 at that cache length); the run's constants are repeated on
+    every row: vanilla_tok_s (per cache length), weight_gb, copy_gb_s, floor_ms (per token),
+    pct_of_floor (vanilla against the floor), plus label, device, device_name, dtype, numerics,
+    threads.
+    """
+    check_context(model.args, request.cache_lens, request.new_tokens, request.decode_tokens)
+    dev = model.device
+    with torch_threads(request.threads):
         bandwidth = copy_bandwidth(dev)
         nbytes = weight_bytes(model)
         rows = []
-        for cache_len in lens:
-            curve = forward_curve(model, cache_len, new_tokens, repeats)
-            tok_s = vanilla_tokens_per_s(model, cache_len, decode_tokens, repeats)
+        for cache_len in request.cache_lens:
+            curve = forward_curve(model, cache_len, request.new_tokens, request.repeats)
+            tok_s = vanilla_tokens_per_s(model, cache_len, request.decode_tokens, request.repeats)
             for row in curve:
                 rows.append({**row, "x_step": row["ms"] / curve[0]["ms"], "vanilla_tok_s": tok_s})
         used_threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(threads_before)
     floor_ms = 1e3 * nbytes / bandwidth
     df = pd.DataFrame(rows)
     df["pct_of_floor"] = 100.0 * floor_ms * df["vanilla_tok_s"] / 1e3
     df["weight_gb"], df["copy_gb_s"], df["floor_ms"] = nbytes / 1e9, bandwidth / 1e9, floor_ms
-    label = shape or (Path(model_path).stem if model_path else "model")
-    df.insert(0, "label", label)
+    df.insert(0, "label", request.label)
     df.insert(1, "device", dev.type)
     df.insert(2, "device_name", device_name(dev))
     df.insert(3, "dtype", str(model.dtype).removeprefix("torch."))
-    df.insert(4, "threads", used_threads if dev.type == "cpu" else None)
+    df.insert(4, "numerics", model.numerics)
+    df.insert(5, "threads", used_threads if dev.type == "cpu" else None)
     return df
+
+
+def profile(model: Transformer | None = None, *, shape: str | None = None, model_path: str | None = None,
+            device: str = "cpu", dtype: str = "float32", numerics: str = "fast", cache_lens=(512,),
+            new_tokens=NEW_TOKENS, repeats: int = 5, decode_tokens: int = 64,
+            threads: int | None = None) -> pd.DataFrame:
+    """Profile `model` (as it is), a named `shape` (random weights, see SHAPES) or the model at
+    `model_path` (with neither: the "default" shape); the request is checked before anything
+    loads. Columns: see `measure`."""
+    if model is not None:
+        if shape is not None or model_path is not None:
+            raise SpecbenchError("give a model, a shape or a model path, not several")
+        device, dtype, numerics = model.device, model.dtype, model.numerics
+    elif model_path is None and shape is None:
+        shape = "default"
+    request = check_request(shape, model_path, device, dtype, numerics, cache_lens, new_tokens, repeats,
+                            decode_tokens, threads)
+    with torch_threads(request.threads):
+        model = request.load() if model is None else model
+    return measure(request, model)
 
 
 def table(df: pd.DataFrame) -> str:
@@ -306,7 +358,8 @@ def table(df: pd.DataFrame) -> str:
     first = df.iloc[0]
     ns = sorted(df["new_tokens"].unique())
     threads = f", {int(first['threads'])} threads" if first["device"] == "cpu" else ""
-    lines = [f"{first['label']} on {first['device_name']}{threads}, {first['dtype']}: weights "
+    mode = "" if first["numerics"] == "fast" else f", numerics {first['numerics']}"
+    lines = [f"{first['label']} on {first['device_name']}{threads}, {first['dtype']}{mode}: weights "
              f"{first['weight_gb']:.2f} GB, copy bandwidth {first['copy_gb_s']:.1f} GB/s -> floor "
              f"{first['floor_ms']:.3f} ms/token ({1e3 / first['floor_ms']:.0f} tok/s)", "",
              "| cache | | " + " | ".join(f"n={n}" for n in ns) + " | vanilla tok/s | % of floor |",
@@ -315,14 +368,16 @@ def table(df: pd.DataFrame) -> str:
         by_n = part.set_index("new_tokens")
         lines.append(f"| {cache_len} | ms | " + " | ".join(f"{by_n.loc[n, 'ms']:.2f}" for n in ns)
                      + f" | {part['vanilla_tok_s'].iloc[0]:.1f} | {part['pct_of_floor'].iloc[0]:.0f}% |")
-        lines.append(f"| | x n=1 | " + " | ".join(f"{by_n.loc[n, 'x_step']:.2f}" for n in ns) + " | | |")
+        lines.append("| | x n=1 | " + " | ".join(f"{by_n.loc[n, 'x_step']:.2f}" for n in ns) + " | | |")
     return "\n".join(lines)
 
 
 def write_csv(df: pd.DataFrame, out: str | Path) -> Path:
-    """`<out>/profile_<label>_<device>_<dtype>.csv` (the folder is created)."""
+    """`<out>/profile_<label>_<device>_<dtype>.csv` (`_batch_invariant` before `.csv` in that
+    numerics mode; the folder is created)."""
     first = df.iloc[0]
-    name = re.sub(r"[^A-Za-z0-9_.+-]", "-", f"profile_{first['label']}_{first['device']}_{first['dtype']}")
+    mode = "" if first["numerics"] == "fast" else f"_{first['numerics']}"
+    name = re.sub(r"[^A-Za-z0-9_.+-]", "-", f"profile_{first['label']}_{first['device']}_{first['dtype']}{mode}")
     path = Path(out) / f"{name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path, index=False)

@@ -19,12 +19,14 @@ class SamplingParams:
     top_p: float = 1.0         # 1 disables
 
     def __post_init__(self) -> None:
-        if not (self.temperature >= 0):
-            raise SpecbenchError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise SpecbenchError(f"top_k must be >= 0, got {self.top_k}")
-        if not (0 < self.top_p <= 1):
-            raise SpecbenchError(f"top_p must be in (0, 1], got {self.top_p}")
+        def number(x) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+        if not (number(self.temperature) and self.temperature >= 0):
+            raise SpecbenchError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if not (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0):
+            raise SpecbenchError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if not (number(self.top_p) and 0 < self.top_p <= 1):
+            raise SpecbenchError(f"top_p must be in (0, 1], got {self.top_p!r}")
 
     @property
     def greedy(self) -> bool:

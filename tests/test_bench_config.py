@@ -7,6 +7,7 @@ from test_bench_fakes import install, write_questions
 
 from specbench.bench import command, config
 from specbench.errors import SpecbenchError
+from specbench.loading import default_model_path
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -44,13 +45,15 @@ def test_list_form_labels_and_defaults(qfile):
     ({"methods": ["nope"]}, "unknown method 'nope'"),
     ({"methods": {"x": {"method": "nope"}}}, "unknown method 'nope' (label 'x')"),
     ({"methods": {"pld": {"bogus": 1}}}, "unknown option 'bogus' for method 'pld'"),
-    ({"methods": ["sps"]}, "needs a draft model"),
+    ({"methods": {"sps": {"draft": "no/such/draft"}}}, "option draft of method 'sps': model path not found"),
+    ({"methods": ["sps"], "draft": "target:0"}, "option draft of method 'sps': model path not found: target:0"),
     ({"methods": ["vanilla"], "colour": "red"}, "unknown config key 'colour'"),
     ({"methods": ["vanilla"], "turns": "some"}, "turns must be"),
     ({"methods": ["vanilla"], "max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
     ({"methods": ["vanilla"], "top_p": 0}, "top_p must be in"),
     ({"methods": ["vanilla"], "dataset": "/no/file.jsonl"}, "dataset file not found"),
-    ({"methods": ["vanilla"], "model": "./no/such/model.gguf"}, "model path not found"),
+    ({"methods": ["vanilla"], "model": "./no/such/model.gguf"}, "model file not found"),
+    ({"methods": ["vanilla"], "model": "./no/such/folder"}, "model path not found"),
     ({"methods": {"pld": {"sweep": {"num_draft": []}}}}, "has no values"),
 ])
 def test_bad_configs_give_one_clear_error(qfile, raw, msg):
@@ -63,8 +66,15 @@ def test_bad_configs_give_one_clear_error(qfile, raw, msg):
 def test_sps_gets_draft_path(qfile):
     cfg = config.resolve_config({"dataset": str(qfile), "methods": ["sps"], "draft": "target"})
     assert cfg["methods"][0]["options"] == {"draft": "target"}
-    cfg = config.resolve_config({"dataset": str(qfile), "methods": {"sps": {"draft": str(qfile)}}})
-    assert cfg["methods"][0]["options"] == {"draft": str(qfile.resolve())}
+    cfg = config.resolve_config({"dataset": str(qfile), "methods": {"sps": {"draft": "target:4"}}})
+    assert cfg["methods"][0]["options"] == {"draft": "target:4"}
+    cfg = config.resolve_config({"dataset": str(qfile), "methods": ["sps"]})   # the shipped draft
+    assert cfg["methods"][0]["options"] == {}
+    gguf = default_model_path()
+    cfg = config.resolve_config({"dataset": str(qfile), "methods": {"sps": {"draft": str(gguf)}}})
+    assert cfg["methods"][0]["options"] == {"draft": str(gguf.resolve())}
+    with pytest.raises(SpecbenchError, match=r"q\.jsonl is not a GGUF file"):     # checked, not just found
+        config.resolve_config({"dataset": str(qfile), "methods": {"sps": {"draft": str(qfile)}}})
 
 
 def test_missing_config_file():

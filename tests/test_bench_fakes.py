@@ -1,11 +1,13 @@
 """Fakes for the benchmark tests (no test here): a tokenizer-less model and a fake generate."""
 import json
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
 from specbench.bench import config as config_mod
 from specbench.bench import runner
+from specbench.options import OptionSpec, method_options
 
 V = 16
 
@@ -46,8 +48,13 @@ class FakeGenerate:
         return SimpleNamespace(token_ids=toks, text=" ".join(map(str, toks)), stats=stats)
 
 
-FAKE_REGISTRY = {"vanilla": [], "pld": ["num_draft", "max_ngram"], "lossy": ["depth"],
-                 "sps": ["draft"], "hf": []}
+def _any(*names):
+    return {n: OptionSpec(n, Any, None) for n in names}
+
+
+# method -> options, as config.known_methods gives them (sps's are the real ones: its draft= is checked)
+FAKE_REGISTRY = {"vanilla": {}, "pld": _any("num_draft", "max_ngram"), "lossy": _any("depth"),
+                 "sps": method_options("sps"), "hf": {}}
 
 
 def install(monkeypatch, gen=None):

@@ -120,3 +120,16 @@ def test_phase_times_per_step_and_prefill_per_answer():
     table = summary.phase_table(df)
     assert table.splitlines()[0].startswith("| method | prefill ms/answer | draft ms/step")
     assert "| pld " in table and "hf_pld" not in table and "| 36.50" in table  # 1 + 35 + 0.5 + 0 ms/step
+
+
+def test_acceptance_rate_is_accepted_over_drafted():
+    """accepted draft tokens (accepted length - 1 per step) over drafted tokens, pooled."""
+    rows = [ans(1, "x", "vanilla", 4, 1.0, 1, [1] * 4, True), ans(1, "x", "sps", 6, 1.0, 1, [4, 1, 1], True),
+            ans(2, "x", "vanilla", 2, 1.0, 1, [1, 1], True), ans(2, "x", "sps", 3, 1.0, 1, [3], True)]
+    for a, drafts in zip(rows, ([0] * 4, [3, 3, 3], [0, 0], [4])):
+        a["draft_tokens"] = drafts
+    methods = [{"label": "vanilla", "method": "vanilla", "options": {}}, {"label": "sps", "method": "sps", "options": {}}]
+    df = summary.summarize(rows, methods, "vanilla")
+    assert row(df, "sps").acceptance_rate == pytest.approx((3 + 0 + 0 + 2) / (3 + 3 + 3 + 4))
+    assert math.isnan(row(df, "vanilla").acceptance_rate)       # nothing drafted
+    assert "acc. rate" in summary.overall_table(df)

@@ -42,13 +42,21 @@ def draft():
 def method_options(method: str, draft, target) -> dict:
     if method == "medusa":   # a drafter is made for one target: drawn for this one
         return {"drafter": specbench.random_drafter(target, "medusa", seed=0), "tree": 12}
+    if method.startswith("eagle"):
+        return {"drafter": specbench.random_drafter(target, "eagle", seed=0), "tree": method.split("_")[1],
+                "depth": 3, "draft_top_k": 4, "total_tokens": 12}
     return {"pld": {"max_ngram": 3, "num_draft": 4},
             "sps": {"draft": draft, "num_draft": 3},
             "early_exit": {"exit_layer": 1, "num_draft": 3},
             "lookahead": {}}[method]
 
 
-LOSSLESS = ["pld", "sps", "early_exit", "lookahead", "medusa"]
+LOSSLESS = ["pld", "sps", "early_exit", "lookahead", "medusa", "eagle_static", "eagle_dynamic"]
+
+
+def method_name(label: str) -> str:
+    """eagle_static / eagle_dynamic are one method with two trees."""
+    return "eagle" if label.startswith("eagle") else label
 
 
 def check(target, prompt, method, params, **options):
@@ -63,11 +71,49 @@ def check(target, prompt, method, params, **options):
        top_p=st.sampled_from([1.0, 0.8]))
 def test_sampling_matches_vanilla(target, prompt, draft, method, temperature, top_k, top_p):
     params = SamplingParams(temperature, top_k, top_p)
-    pvalue, stats = check(target, prompt, method, params, **method_options(method, draft, target))
+    pvalue, stats = check(target, prompt, method_name(method), params, **method_options(method, draft, target))
     drafted = sum(sum(s["draft_tokens"]) for s in stats)
     multi = sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats)
     assert drafted > 0 and multi > 0, "the check is vacuous: nothing was drafted or accepted"
     assert pvalue > ALPHA, f"{method} output distribution differs from vanilla (p = {pvalue:.2e})"
+
+
+@pytest.fixture(scope="module")
+def exported_draft(target, tmp_path_factory):
+    """A draft through every folder form: the target's first 2 layers saved compact (layers only),
+    materialised on the target, written as a Hugging Face folder, loaded back with load_model."""
+    import torch
+
+    from specbench.drafters.draft import DraftLayers
+    tmp = tmp_path_factory.mktemp("draft")
+    drafter = DraftLayers.for_target(target, num_layers=2, init="target")
+    drafter.init_from_target(target)
+    compact = drafter.save(tmp / "compact", dtype=torch.float64)
+    full = specbench.save_model(specbench.load_draft(compact, target), tmp / "full")
+    return specbench.load_model(full, dtype="float64")
+
+
+@settings(max_examples=2)
+@given(temperature=st.sampled_from([0.7, 1.0, 1.4]), top_k=st.sampled_from([0, 5]),
+       top_p=st.sampled_from([1.0, 0.8]))
+def test_sampling_matches_vanilla_with_an_exported_draft(target, prompt, exported_draft, temperature, top_k, top_p):
+    params = SamplingParams(temperature, top_k, top_p)
+    pvalue, stats = check(target, prompt, "sps", params, draft=exported_draft, num_draft=3)
+    assert sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats) > 0, "vacuous: nothing accepted"
+    assert pvalue > ALPHA, f"sps with an exported draft differs from vanilla (p = {pvalue:.2e})"
+
+
+def test_sampling_matches_vanilla_with_a_reduced_draft_vocabulary(target, prompt):
+    """draft_vocab: the draft samples from 8 of the 16 tokens (q = 0 on the others)."""
+    import torch
+
+    from specbench.drafters.draft import DraftLayers
+    drafter = DraftLayers.for_target(target, num_layers=2, init="target")
+    drafter.init_from_target(target)
+    drafter.token_counts += torch.bincount(torch.tensor(prompt), minlength=16)
+    pvalue, stats = check(target, prompt, "sps", SamplingParams(1.0), draft=drafter, num_draft=3, draft_vocab=8)
+    assert sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats) > 0, "vacuous: nothing accepted"
+    assert pvalue > ALPHA, f"sps with draft_vocab differs from vanilla (p = {pvalue:.2e})"
 
 
 def test_vanilla_matches_enumeration(target, prompt):
@@ -89,6 +135,29 @@ def always_accept(tree, p, greedy, rng):
 def test_negative_control_broken_verifier_fails(target, prompt, draft, monkeypatch):
     monkeypatch.setattr(specbench.engine, "verify_tree", always_accept)
     pvalue, _ = check(target, prompt, "sps", SamplingParams(1.0), draft=draft, num_draft=3)
+    assert pvalue < ALPHA
+
+
+def without_residual(tree, p, greedy, rng):
+    """A broken verifier: tries every child against the target distribution itself, never against
+    the residual its rejected elder siblings leave (deterministic drafts: accept x w.p. p(x))."""
+    tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+    path, row = [], 0
+    while True:
+        for child in [i for i, par in enumerate(parents) if par == row - 1]:
+            if rng.bernoulli(float(p[row, tokens[child]])):
+                path.append(child)
+                row = child + 1
+                break
+        else:
+            return VerifyResult(path, rng.categorical(p[row]))
+
+
+def test_negative_control_tree_without_residual_fails(target, prompt, monkeypatch):
+    """EAGLE's sibling trees need the residual update: the same check rejects a verifier without it
+    (the dynamic tree; the static one goes through the same verifier)."""
+    monkeypatch.setattr(specbench.engine, "verify_tree", without_residual)
+    pvalue, _ = check(target, prompt, "eagle", SamplingParams(1.0), **method_options("eagle_dynamic", None, target))
     assert pvalue < ALPHA
 
 
@@ -114,9 +183,10 @@ def test_greedy_identical_float64(draft, seed):
     prompt = [(seed + i) % 5 for i in range(12)]
     vanilla = specbench.generate(target, prompt, max_new_tokens=40).token_ids
     for method in LOSSLESS:
-        single = {"lookahead": {}, "medusa": {"tree": 1}}.get(method, {"num_draft": 1})
+        single = {"lookahead": {}, "medusa": {"tree": 1}, "eagle_static": {"total_tokens": 1},
+                  "eagle_dynamic": {"total_tokens": 1}}.get(method, {"num_draft": 1})
         for options in (method_options(method, draft, target), single):
             opts = {**method_options(method, draft, target), **options}
-            out = specbench.generate(target, prompt, method=method, max_new_tokens=40, **opts)
+            out = specbench.generate(target, prompt, method=method_name(method), max_new_tokens=40, **opts)
             assert out.token_ids == vanilla, (method, opts)
             assert out.stats["lossless"] is True

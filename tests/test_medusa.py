@@ -124,3 +124,14 @@ def test_typical_acceptance_is_labelled_lossy(target):
     out = specbench.generate(target, [1, 2, 3], method="medusa", drafter=drafter, acceptance="typical",
                              temperature=1.0, max_new_tokens=10)
     assert out.stats["lossless"] is False
+
+
+def test_shipped_heads_greedy_identical_on_the_default_model(default_model):
+    """The committed heads load for the default model (fp32, CPU) and decode exactly as vanilla."""
+    from specbench.bench.datasets import load_dataset
+    for question in load_dataset("mt_bench")[:2]:
+        vanilla = specbench.generate(default_model, question.turns[0], max_new_tokens=32).token_ids
+        for tree in (None, 16):
+            out = specbench.generate(default_model, question.turns[0], method="medusa", tree=tree, max_new_tokens=32)
+            assert out.token_ids == vanilla, (question.question_id, tree)
+            assert out.stats["mean_accepted"] > 1.0

@@ -50,6 +50,9 @@ def test_profile_model_object_keeps_its_device_and_dtype():
     model = specbench.random_model(vocab_size=32, num_layers=1, hidden_size=16, num_heads=2, num_kv_heads=1)
     df = prof.profile(model, cache_lens=[4], new_tokens=(1, 8), repeats=1, decode_tokens=2)
     assert list(df["new_tokens"]) == [1, 8] and (df["label"] == "model").all() and df["dtype"].iloc[0] == "float32"
+    model.numerics = "batch_invariant"                       # profiled in the model's own mode
+    assert (prof.profile(model, cache_lens=[4], new_tokens=(1,), repeats=1, decode_tokens=2)["numerics"]
+            == "batch_invariant").all()
 
 
 BAD_CLI = [
@@ -61,16 +64,22 @@ BAD_CLI = [
     (["--shape", "tiny", "--dtype", "float8"], r"unknown dtype 'float8'"),
     (["--shape", "tiny", "--device", "tpu"], r"device 'tpu'"),
     (["--shape", "tiny", "--repeats", "0"], r"repeats must be an integer >= 1"),
+    (["--shape", "tiny", "--threads", "two"], r"threads must be an integer >= 1, got 'two'"),
+    (["--shape", "tiny", "--numerics", "exact"], r"unknown numerics 'exact'"),
+    (["--model", "missing.gguf"], r"model file not found: missing.gguf"),
+    (["--shape", "tiny", "--out", "{file}"], r"--out is a file, not a folder"),
+    (["--shape", "tiny", "--cache-len"], r"expected at least one argument"),
 ]
 
 
 @pytest.mark.parametrize("argv, pattern", BAD_CLI, ids=[" ".join(a) for a, _ in BAD_CLI])
-def test_profile_bad_input_is_one_line_before_any_work(capsys, monkeypatch, argv, pattern):
+def test_profile_bad_input_is_one_line_before_any_work(capsys, monkeypatch, tmp_path, argv, pattern):
     def no_work(*args, **kwargs):
         raise AssertionError("bad input must be refused before building or loading a model")
     monkeypatch.setattr(prof, "shape_model", no_work)
-    monkeypatch.setattr(prof, "load_model", no_work)
-    rc = main(["profile", *argv])
+    monkeypatch.setattr(prof, "load_with_status", no_work)
+    (tmp_path / "file").write_text("")
+    rc = main(["profile", *(a.format(file=tmp_path / "file") for a in argv)])
     out, err = capsys.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]
     assert rc == 2 and out == ""
@@ -80,7 +89,7 @@ def test_profile_bad_input_is_one_line_before_any_work(capsys, monkeypatch, argv
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_profile_cuda_without_gpu(capsys):
     assert main(["profile", "--shape", "tiny", "--device", "cuda"]) == 2
-    assert "no CUDA device" in capsys.readouterr().err
+    assert "device 'cuda' is not available" in capsys.readouterr().err
 
 
 def params_by_formula(a) -> int:
@@ -135,21 +144,24 @@ def test_generation_stats_carry_phase_times_within_wall_time(method, options):
 # ---- core paths changed for speed ---------------------------------------------------------------
 
 @pytest.mark.parametrize("heads, kv_heads", [(4, 4), (6, 2), (8, 1)])
-@pytest.mark.parametrize("n, span", [(1, 1), (1, 9), (5, 5), (5, 12), (16, 16)])
-def test_attention_paths_equal_the_reference(heads, kv_heads, n, span):
-    from specbench.attention import attention, attention_reference
-    gen = torch.Generator().manual_seed(n * 100 + span)
-    q = torch.randn(n, heads, 8, generator=gen, dtype=torch.float64).transpose(0, 1)   # as the model passes it
-    k, v = (torch.randn(kv_heads, 20, 8, generator=gen, dtype=torch.float64)[:, :span] for _ in range(2))
-    tree = torch.rand(n, n, generator=gen) < 0.5
-    tree |= torch.eye(n, dtype=torch.bool)
-    mask = torch.cat([torch.ones(n, span - n, dtype=torch.bool), tree], dim=1)
-    torch.testing.assert_close(attention(q, k, v, mask), attention_reference(q, k, v, mask), rtol=0, atol=1e-12)
-    torch.testing.assert_close(attention(q, k, v, None), attention_reference(q, k, v, None), rtol=0, atol=1e-12)
-    if n == span:
-        causal = torch.ones(n, n, dtype=torch.bool).tril()
-        torch.testing.assert_close(attention(q, k, v, None, causal=True), attention_reference(q, k, v, causal),
-                                   rtol=0, atol=1e-12)
+@pytest.mark.parametrize("start, n", [(0, 1), (8, 1), (0, 5), (7, 5), (0, 16)])
+def test_fast_cpu_attention_paths_equal_the_reference(heads, kv_heads, start, n):
+    """Fast mode's CPU attention (grouped query heads; causal without a mask on an empty cache) and
+    numerics.sdpa with an [n, span] mask (EAGLE's draft) against the float64 reference."""
+    from specbench import numerics
+    from specbench_kernels.attention import attention_reference
+    gen = torch.Generator().manual_seed(start * 100 + n)
+    q = torch.randn(n, heads, 8, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(kv_heads, 24, 8, generator=gen, dtype=torch.float64) for _ in range(2))
+    tree = (torch.rand(n, n, generator=gen) < 0.5).tril() | torch.eye(n, dtype=torch.bool)
+    positions = torch.arange(start, start + n)
+    for mask in (tree, None):
+        attend = numerics.Attention("fast", start, mask, positions)
+        assert attend.causal == (mask is None and start == 0 and n > 1)
+        torch.testing.assert_close(attend(q, k, v), attention_reference(q, k, v, start, mask), rtol=0, atol=1e-12)
+    full = torch.cat([torch.ones(n, start, dtype=torch.bool), tree], dim=1)
+    torch.testing.assert_close(numerics.sdpa(q, k[:, :start + n], v[:, :start + n], full),
+                               attention_reference(q, k, v, start, tree), rtol=0, atol=1e-12)
 
 
 def test_packed_linear_is_used_only_while_valid():

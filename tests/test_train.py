@@ -65,11 +65,15 @@ def test_loss_mask_covers_exactly_the_assistant_turns(default_model):
     assert len(short_ids) == 20 and short_ids == ids[:20] and short_mask == mask[:20]
 
 
-def test_resume_after_kill_reaches_the_same_loss(tiny, tiny_data, tmp_path):
-    straight = train_drafter(tiny, config(), tmp_path / "straight", data=tiny_data, eval_tokens=8, progress=False)
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])   # eagle: random init and feature noise
+def test_resume_after_kill_reaches_the_same_loss(tiny, tiny_data, tmp_path, kind):
+    straight = train_drafter(tiny, config(kind=kind), tmp_path / "straight", data=tiny_data, eval_tokens=8,
+                             progress=False)
     with pytest.raises(Stop):
-        train_drafter(tiny, config(), tmp_path / "killed", data=tiny_data, eval_tokens=8, progress=False, stop_after=6)
-    resumed = train_drafter(tiny, config(), tmp_path / "killed", data=tiny_data, eval_tokens=8, progress=False)
+        train_drafter(tiny, config(kind=kind), tmp_path / "killed", data=tiny_data, eval_tokens=8, progress=False,
+                      stop_after=6)
+    resumed = train_drafter(tiny, config(kind=kind), tmp_path / "killed", data=tiny_data, eval_tokens=8,
+                            progress=False)
     a = [json.loads(r) for r in (straight / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(r) for r in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in b] == list(range(1, len(a) + 1))          # no step lost or duplicated
@@ -81,9 +85,11 @@ def test_resume_after_kill_reaches_the_same_loss(tiny, tiny_data, tmp_path):
     assert "Mean accepted tokens" in card and (resumed / "loss.png").is_file()
 
 
-def test_training_improves_the_heads(tiny, tiny_data, tmp_path):
-    """Trained heads agree with the target far more often than the identity start does."""
-    out = train_drafter(tiny, config(epochs=6), tmp_path / "t", data=tiny_data, eval_tokens=16, progress=False)
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+def test_training_improves_the_drafter(tiny, tiny_data, tmp_path, kind):
+    """Trained drafters agree with the target far more often than their start does."""
+    out = train_drafter(tiny, config(kind=kind, epochs=6), tmp_path / "t", data=tiny_data, eval_tokens=16,
+                        progress=False)
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     first, last = (sum(r["loss"] for r in part) / 3 for part in (rows[:3], rows[-3:]))
     assert last < 0.8 * first
@@ -123,6 +129,7 @@ def test_malformed_and_foreign_token_files(tiny, tmp_path):
     (["train", "medusa", "--out", "X", "--conversations", "0"], "conversations must be >= 1"),
     (["train", "medusa", "--out", "X", "--dtype", "float8"], "unknown dtype"),
     (["train", "medusa", "--out", "X", "--epochs", "0"], "epochs and lr"),
+    (["train", "eagle", "--out", "X", "--data", "nope.npz"], "--data must be"),
 ])
 def test_cli_bad_input_is_one_line(argv, match, capsys, tmp_path):
     argv = [a if a != "X" else str(tmp_path / "out") for a in argv]

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from specbench.checks import check_output_dir
+from specbench.cli import ArgumentParser, add_verbose, report_errors
 from specbench.errors import SpecbenchError
 
 from . import config as config_mod
@@ -20,6 +22,7 @@ _OVERRIDES = {
     "categories": "categories", "limit": "limit", "limit_per_category": "limit_per_category",
     "turns": "turns", "max_new_tokens": "max_new_tokens", "temperature": "temperature",
     "top_k": "top_k", "top_p": "top_p", "seed": "seed", "repeats": "repeats", "warmup_tokens": "warmup_tokens", "threads": "threads",
+    "numerics": "numerics",
 }
 
 
@@ -52,9 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default cpu)")
     g.add_argument("--dtype", help="float32, bfloat16, float16 (default float32)")
     g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads during the run (default: torch's)")
+    g.add_argument("--numerics", help="fast or batch_invariant, for methods that set none (default fast)")
     g = parser.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", help="results folder (default results/<config name>)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
+    add_verbose(g)
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -81,10 +86,11 @@ def build_config(args: argparse.Namespace) -> tuple[dict, list[str] | None]:
 
 def run(args: argparse.Namespace) -> int:
     raw, names = build_config(args)
-    out = getattr(args, "out", None) or str(Path("results") / (raw.get("name") or "bench"))
+    out = str(check_output_dir(getattr(args, "out", None) or Path("results") / (raw.get("name") or "bench"),
+                               "the results folder"))
     progress = not getattr(args, "no_progress", False)
     try:
-        result = run_benchmark(raw, out, progress=progress, methods=names)
+        result = run_benchmark(raw, out, progress=progress, methods=names, verbose=getattr(args, "verbose", False))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished answers are kept in {out}; rerun the same command to continue",
               file=sys.stderr)
@@ -99,14 +105,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (python -m specbench.bench.command); the specbench CLI wires its own."""
-    parser = argparse.ArgumentParser(prog="specbench bench")
+    parser = ArgumentParser(prog="specbench bench")
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except SpecbenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return report_errors(lambda: run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ A config file (see ``experiments/*.yaml``) holds any of these keys (defaults in 
 
     name: quick                 # cosmetic; also the default out folder results/<name>
     model: null                 # model path (null: the default SmolLM2-135M-Instruct GGUF)
-    draft: null                 # draft model path for sps ("target": the target model itself)
+    draft: null                 # default of every method's draft= (sps: a path, "target", "target:K")
     device: cpu
     dtype: float32
     dataset: mt_bench           # mt_bench | humaneval | sharegpt | path/to/questions.jsonl
@@ -20,23 +20,32 @@ A config file (see ``experiments/*.yaml``) holds any of these keys (defaults in 
     repeats: 1                  # every (question, method) this many times, same seed
     warmup_tokens: 16           # length of the untimed warm-up generation of every method
     threads: null               # torch CPU threads during the run (null: torch's default)
+    numerics: fast              # fast | batch_invariant (specbench/numerics.py); per method too
     methods:                    # a list of labels, or a mapping label -> options
       vanilla: {}
       pld: {max_ngram: 3, num_draft: 10}
       lookahead_w7: {method: lookahead, W: 7}          # a label with its method
+      pld_bi: {method: pld, numerics: batch_invariant}  # this method in the other numerics mode
       pld_sweep:                                       # one variant per value (a grid over keys)
         method: pld
         max_ngram: 3
         sweep: {num_draft: [2, 4, 6, 8, 10]}           # -> pld_sweep_num_draft2, ...
 
 In a list, an item is a label (the method of that name with default options) or a one-key
-mapping ``{label: options}``. Inside options, ``method`` (default: the label) and ``sweep`` are
-reserved. A sweep expands into labels ``<label>_<key><value>`` (keys joined by ``_`` for grids).
+mapping ``{label: options}``. Inside options, ``method`` (default: the label), ``sweep`` and
+``numerics`` (default: the config's) are reserved; ``numerics`` may also be swept. A sweep expands
+into labels ``<label>_<key><value>`` (keys joined by ``_`` for grids).
 
 Resolution (`resolve_config`) validates every key, expands sweeps into a flat list
-``methods: [{label, method, options}, ...]`` with the reference vanilla first, and records the
-dataset's absolute file path; the resolved dict is what ``config.json`` in the out folder stores
-and what decides whether a folder's answers belong to a config (`identity`).
+``methods: [{label, method, options, numerics}, ...]`` with the reference vanillas first, and
+records the dataset's absolute file path; the resolved dict is what ``config.json`` in the out
+folder stores and what decides whether a folder's answers belong to a config (`identity`).
+
+Exact match is a comparison within one numerics mode: each method's answers are compared with the
+reference vanilla of its own mode (`reference_for`), so a run needs a vanilla in every mode it
+uses. Speedups are all relative to the reference vanilla of the config's mode, so the price of the
+other mode shows in its vanilla's speedup. The Hugging Face baselines run transformers' own
+kernels: numerics does not apply to them (recorded as null, compared with the main reference).
 """
 from __future__ import annotations
 
@@ -46,11 +55,15 @@ import json
 import re
 from pathlib import Path
 
+from specbench.checks import check_dtype
 from specbench.errors import SpecbenchError
+from specbench.loading import locate_model
+from specbench.numerics import check_numerics
+from specbench.options import OptionSpec, method_options, parse_options
 
 from . import datasets
+from .hf_baselines import HF_METHODS
 
-SPECBENCH_METHODS = ("vanilla", "pld", "sps", "early_exit", "lookahead")
 COSMETIC_KEYS = ("name",)
 
 DEFAULTS: dict = {
@@ -72,32 +85,20 @@ DEFAULTS: dict = {
     "repeats": 1,
     "warmup_tokens": 16,
     "threads": None,
+    "numerics": "fast",
     "methods": ["vanilla"],
 }
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-def known_methods() -> dict[str, list[str] | None]:
-    """Method name -> accepted option names (None: not checkable here) for core and HF methods."""
-    from . import hf_baselines
-    out: dict[str, list[str] | None] = {}
-    try:
-        import inspect
+def known_methods() -> dict[str, dict[str, OptionSpec]]:
+    """Method name -> its options (types, defaults): the strategies' and the HF baselines'."""
+    from specbench.strategies import STRATEGIES
 
-        from specbench.strategies import STRATEGIES
-        for name, cls in STRATEGIES.items():
-            params = inspect.signature(cls.__init__).parameters
-            if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-                out[name] = None
-            else:
-                out[name] = [n for n in params if n not in ("self", "model")]
-    except Exception:   # the core's registry is missing or changed: check names only
-        pass
-    for name in SPECBENCH_METHODS:
-        out.setdefault(name, None)
-    for name in hf_baselines.HF_METHODS:
-        out[name] = list(hf_baselines.HF_OPTIONS[name])
+    from . import hf_baselines
+    out = {name: method_options(name) for name in STRATEGIES}
+    out.update(hf_baselines.HF_OPTIONS)
     return out
 
 
@@ -225,8 +226,25 @@ def _check_float(cfg, key):
     cfg[key] = float(v)
 
 
-def _abs_path(p) -> str:
-    return str(Path(p).expanduser().resolve())
+def _model_path(value) -> str | None:
+    """The model: None (the default) or a path checked now (its files' headers, without loading)
+    and stored absolute, or a hub id."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)):
+        raise SpecbenchError(f"model must be a model path, got {value!r}")
+    return locate_model(value).location
+
+
+def _plain(value):
+    """Parsed option values as the resolved config stores them (JSON: paths as strings)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
@@ -260,9 +278,11 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
     if cats is not None and (not isinstance(cats, list) or not all(isinstance(c, str) for c in cats)):
         raise SpecbenchError(f"categories must be a list of names, got {cats!r}")
     cfg["categories"] = cats or None
+    check_numerics(cfg["numerics"])
     for key in ("device", "dtype"):
         if not isinstance(cfg[key], str) or not cfg[key]:
             raise SpecbenchError(f"{key} must be a string, got {cfg[key]!r}")
+    check_dtype(cfg["dtype"])      # the device is checked when a run needs it (run_benchmark)
     if cfg["name"] is not None:
         cfg["name"] = str(cfg["name"])
 
@@ -271,15 +291,7 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
         raise SpecbenchError(f"dataset must be a name or a path, got {cfg['dataset']!r}")
     cfg["dataset"] = str(cfg["dataset"])
     cfg["dataset_path"] = datasets.dataset_source(cfg["dataset"])
-    for key in ("model", "draft"):
-        v = cfg[key]
-        if v is None or (key == "draft" and v == "target"):
-            continue
-        p = Path(str(v)).expanduser()
-        if p.exists():
-            cfg[key] = _abs_path(p)
-        elif not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(v)):   # not a hub id either
-            raise SpecbenchError(f"{key} model path not found: {v}")
+    cfg["model"] = _model_path(cfg["model"])
 
     # methods
     expanded = expand_methods(cfg["methods"])
@@ -289,7 +301,8 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
     seen = set()
     resolved = []
     for m in expanded:
-        label, method, options = m["label"], m["method"], m["options"]
+        label, method, options = m["label"], m["method"], dict(m["options"])
+        numerics = options.pop("numerics", None)
         if not _LABEL.match(label):
             raise SpecbenchError(f"bad method label {label!r}: use letters, digits, _ . + -")
         if label in seen:
@@ -298,39 +311,44 @@ def resolve_config(raw: dict, methods_filter: list[str] | None = None) -> dict:
         if method not in registry:
             raise SpecbenchError(f"unknown method {method!r}" + (f" (label {label!r})" if label != method else "")
                                  + f": choose one of {', '.join(registry)}")
-        accepted = registry[method]
-        if method == "sps":
-            draft = options.get("draft", cfg["draft"])
-            if draft is None:
-                raise SpecbenchError(f"method {label!r} (sps) needs a draft model: --draft PATH, "
-                                     "`draft:` in the config, or the option draft ('target' reuses the target)")
-            if draft != "target":
-                p = Path(str(draft)).expanduser()
-                if p.exists():
-                    draft = _abs_path(p)
-                elif not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(draft)):
-                    raise SpecbenchError(f"draft model path not found: {draft}")
-            options = dict(options, draft=str(draft))
-        if accepted is not None:
-            bad = [k for k in options if k not in accepted]
-            if bad:
-                raise SpecbenchError(f"unknown option {bad[0]!r} for method {method!r}"
-                                     + (f" (label {label!r})" if label != method else "")
-                                     + f" (options: {', '.join(accepted) or 'none'})")
-        for k, v in options.items():
-            if isinstance(v, (dict, list)):
-                raise SpecbenchError(f"option {k!r} of {label!r} must be a scalar (use sweep: for lists)")
-        resolved.append({"label": label, "method": method, "options": options})
-    # the reference vanilla (label "vanilla", else the first vanilla without options) runs first
-    ref = reference_label(resolved)
-    if ref is not None:
-        resolved = [m for m in resolved if m["label"] == ref] + [m for m in resolved if m["label"] != ref]
+        specs = registry[method]
+        # the config's `draft` is the default draft= of every method that has one (sps)
+        if "draft" in specs and "draft" not in options and cfg["draft"] is not None:
+            options = dict(options, draft=cfg["draft"])
+        try:
+            options = _plain(parse_options(method, options, specs=specs))
+        except SpecbenchError as e:
+            raise SpecbenchError(f"{e} (label {label!r})" if label != method else str(e)) from None
+        if method in HF_METHODS:
+            if numerics is not None:
+                raise SpecbenchError(f"method {label!r} ({method}) runs transformers' own kernels: "
+                                     "numerics does not apply to it")
+        else:
+            numerics = check_numerics(cfg["numerics"] if numerics is None else numerics)
+        resolved.append({"label": label, "method": method, "options": options, "numerics": numerics})
+    # the reference vanillas run first: the config's mode's, then the other mode's
+    modes = dict.fromkeys([cfg["numerics"]] + [m["numerics"] for m in resolved if m["numerics"]])
+    refs = [r for r in (reference_label([m for m in resolved if m["numerics"] == mode]) for mode in modes)
+            if r is not None]
+    resolved = [m for r in refs for m in resolved if m["label"] == r] + [m for m in resolved if m["label"] not in refs]
     cfg["methods"] = resolved
     return cfg
 
 
+def main_reference(cfg: dict) -> str | None:
+    """The vanilla run that speedups refer to: the reference of the config's numerics mode."""
+    return reference_label([m for m in cfg["methods"] if m["numerics"] == cfg["numerics"]])
+
+
+def reference_for(cfg: dict, label: str) -> str | None:
+    """The vanilla run whose answers `label`'s exact match is measured against: the reference of
+    its own numerics mode (the main reference for the HF baselines, which have none)."""
+    mode = next(m["numerics"] for m in cfg["methods"] if m["label"] == label)
+    return reference_label([m for m in cfg["methods"] if m["numerics"] == (mode or cfg["numerics"])])
+
+
 def reference_label(methods: list[dict]) -> str | None:
-    """The vanilla run that speedups and matches_vanilla refer to."""
+    """The reference among runs of one numerics mode."""
     for m in methods:
         if m["label"] == "vanilla" and m["method"] == "vanilla":
             return m["label"]

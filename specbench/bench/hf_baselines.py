@@ -30,23 +30,30 @@ do not add up to the new tokens, both are recorded as null (tables show "-").
 from __future__ import annotations
 
 import time
+from typing import Annotated, Literal
 
 import torch
 
 from specbench.errors import SpecbenchError
+from specbench.loading import transformers_output
+from specbench.options import Bound, OptionSpec, PositiveInt, parse_options
 
-HF_METHODS: dict[str, dict] = {
+
+def _specs(**options) -> dict[str, OptionSpec]:
+    return {name: OptionSpec(name, hint, default) for name, (hint, default) in options.items()}
+
+
+# the options of each method with their types and defaults, checked like the strategies' own
+HF_OPTIONS: dict[str, dict[str, OptionSpec]] = {
     "hf": {},
-    "hf_pld": {"prompt_lookup_num_tokens": 10, "max_matching_ngram_size": 3},
-    "hf_early_exit": {"assistant_early_exit": None, "num_assistant_tokens": 3,
-                      "num_assistant_tokens_schedule": "constant"},   # None: 4/5 of the layers
+    "hf_pld": _specs(prompt_lookup_num_tokens=(PositiveInt, 10), max_matching_ngram_size=(PositiveInt, 3)),
+    "hf_early_exit": _specs(
+        assistant_early_exit=(PositiveInt | None, None),      # None: 4/5 of the layers
+        num_assistant_tokens=(PositiveInt, 3),
+        num_assistant_tokens_schedule=(Literal["constant", "heuristic", "heuristic_transient"], "constant"),
+        assistant_confidence_threshold=(Annotated[float, Bound(0, 1)], 0.4)),
 }
-HF_OPTIONS: dict[str, tuple[str, ...]] = {
-    "hf": (),
-    "hf_pld": ("prompt_lookup_num_tokens", "max_matching_ngram_size"),
-    "hf_early_exit": ("assistant_early_exit", "num_assistant_tokens", "num_assistant_tokens_schedule",
-                      "assistant_confidence_threshold"),
-}
+HF_METHODS = tuple(HF_OPTIONS)
 
 
 class HFOutput:
@@ -84,8 +91,8 @@ def eos_ids(model) -> tuple[int, ...]:
 class HFBaselines:
     """Lazily loads the HF twin of a specbench model and runs the hf* methods on it."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, verbose: bool = False):
+        self.model, self.verbose = model, verbose
         self._hf = None
 
     def hf_model(self):
@@ -95,36 +102,27 @@ class HFBaselines:
                 raise SpecbenchError("the hf* methods need model.hf_source (a model loaded from a file or "
                                      "a hub id); this model has none")
             from transformers import AutoModelForCausalLM
-            from transformers.utils import logging as hf_logging
-            bars = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()
             try:
-                hf = AutoModelForCausalLM.from_pretrained(**source, dtype=self.model.dtype)
+                with transformers_output(self.verbose):
+                    hf = AutoModelForCausalLM.from_pretrained(**source, dtype=self.model.dtype)
             except Exception as e:
                 raise SpecbenchError(f"cannot load the Hugging Face baseline from {source}: "
                                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-            finally:
-                if bars:
-                    hf_logging.enable_progress_bar()
             self._hf = hf.to(self.model.device).eval().requires_grad_(False)
         return self._hf
 
     def options(self, method: str, options: dict) -> dict:
-        if method not in HF_METHODS:
-            raise SpecbenchError(f"unknown Hugging Face method {method!r}: choose one of {', '.join(HF_METHODS)}")
-        bad = [k for k in options if k not in HF_OPTIONS[method]]
-        if bad:
-            raise SpecbenchError(f"unknown option {bad[0]!r} for method {method!r} "
-                                 f"(options: {', '.join(HF_OPTIONS[method]) or 'none'})")
-        opts = dict(HF_METHODS[method])
-        opts.update(options)
+        if method not in HF_OPTIONS:
+            raise SpecbenchError(f"unknown Hugging Face method {method!r}: choose one of {', '.join(HF_OPTIONS)}")
+        opts = {name: spec.default for name, spec in HF_OPTIONS[method].items()}
+        opts.update(parse_options(method, options, specs=HF_OPTIONS[method]))
         if method == "hf_early_exit":
             layers = int(self.hf_model().config.num_hidden_layers)
             if opts["assistant_early_exit"] is None:
                 opts["assistant_early_exit"] = max(1, (4 * layers) // 5)   # as early_exit's default
-            n = opts["assistant_early_exit"]
-            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < layers:
-                raise SpecbenchError(f"assistant_early_exit must be an integer in [1, {layers - 1}], got {n!r}")
+            if opts["assistant_early_exit"] >= layers:
+                raise SpecbenchError(f"assistant_early_exit must be in [1, {layers - 1}], "
+                                     f"got {opts['assistant_early_exit']}")
         return opts
 
     def generate(self, method: str, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
@@ -146,13 +144,14 @@ class HFBaselines:
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         recorder = _StepRecorder() if method != "hf" else None
         torch.manual_seed(seed)
-        start = time.perf_counter()
-        with torch.no_grad():
+        # transformers warns from inside assisted generation (its own deprecations): --verbose shows it
+        with transformers_output(self.verbose), torch.no_grad():
+            start = time.perf_counter()
             seq = hf.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                               generation_config=gen_config, streamer=recorder)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize(device)
-        wall = time.perf_counter() - start
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize(device)
+            wall = time.perf_counter() - start
         new = [int(t) for t in seq[0, len(prompt_ids):].tolist()]
         # a sequence that stopped at EOS ends there (HF pads nothing for a batch of one, but be safe)
         eos_set = set(eos)

@@ -20,11 +20,12 @@ and the *same* token ids go to every method, the HF baselines included; specbenc
 them as a list of ids.
 
 Answer lines (answers.jsonl) hold: question_id, category, turn (1-based), repeat (0-based),
-method (the label), base_method, options, new_tokens, wall_time_s (the bench's synchronised
-timing of the whole generate call), steps, accepted_lengths, draft_tokens, lossless,
-prompt_tokens, token_ids, text, matches_vanilla (token-exact equality with the reference vanilla's
-answer to the same question/turn/repeat; null without vanilla), inner_wall_time_s (the method's
-own timing, from its stats) and stats (any further method statistics).
+method (the label), base_method, options, numerics (the mode the target ran in; null for the HF
+baselines), new_tokens, wall_time_s (the bench's synchronised timing of the whole generate call),
+steps, accepted_lengths, draft_tokens, lossless, prompt_tokens, token_ids, text, matches_vanilla
+(token-exact equality with the answer of the reference vanilla of the same numerics mode to the
+same question/turn/repeat; null without one), inner_wall_time_s (the method's own timing, from its
+stats) and stats (any further method statistics).
 """
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from specbench.checks import check_device
 from specbench.errors import SpecbenchError
+from specbench.strategies import STRATEGIES, make_proposer
 
 from . import config as config_mod
 from . import datasets, plots, specbench_format, store, summary
@@ -56,9 +59,11 @@ def core_generate(model, prompt, **kwargs):
     return specbench.generate(model, prompt, **kwargs)
 
 
-def core_load_model(path, device: str, dtype: str):
-    import specbench
-    return specbench.load_model(path, device=device, dtype=dtype)
+def core_load_model(path, device: str, dtype: str, verbose: bool = False, announce: bool = False):
+    """A model, with the commands' one `loading ...` line on stderr when announce."""
+    from specbench.loading import load_with_status, locate_model
+    source = locate_model(path, verbose)
+    return load_with_status(source, device, dtype) if announce else source.load(device, dtype)
 
 
 def encode_messages(model, messages: list[dict]) -> list[int]:
@@ -151,20 +156,12 @@ def build_prompt(model, question: datasets.Question, turn: int, history: list[di
 class _Methods:
     """Callables (prompt_ids, max_new_tokens) -> output for every method label of the run."""
 
-    def __init__(self, model, cfg: dict):
+    def __init__(self, model, cfg: dict, verbose: bool):
         self.model, self.cfg = model, cfg
-        self.hf = HFBaselines(model)
-        self.drafts: dict[str, object] = {}
+        self.hf = HFBaselines(model, verbose)
         self.calls = {}
         for m in cfg["methods"]:
             self.calls[m["label"]] = self._make(m)
-
-    def _draft(self, path: str):
-        if path == "target":
-            return self.model
-        if path not in self.drafts:
-            self.drafts[path] = core_load_model(path, self.cfg["device"], self.cfg["dtype"])
-        return self.drafts[path]
 
     def _make(self, m: dict):
         cfg = self.cfg
@@ -173,10 +170,16 @@ class _Methods:
             self.hf.options(m["method"], m["options"])    # validate now, loading the HF model
             return lambda ids, n: self.hf.generate(m["method"], ids, max_new_tokens=n, **sampling, **m["options"])
         opts = dict(m["options"])
-        if "draft" in opts:
-            opts["draft"] = self._draft(opts["draft"])
-        return lambda ids, n: core_generate(self.model, ids, method=m["method"], max_new_tokens=n,
-                                            chat=False, **sampling, **opts)
+        if m["method"] in STRATEGIES:
+            # built once now: loads its draft or drafter (kept per target) outside the timed calls,
+            # and checks the options that need the model (an exit layer beyond its depth)
+            make_proposer(m["method"], self.model, **opts)
+
+        def call(ids, n):
+            self.model.numerics = m["numerics"]      # the mode of this method's target forwards
+            return core_generate(self.model, ids, method=m["method"], max_new_tokens=n, chat=False,
+                                 **sampling, **opts)
+        return call
 
 
 def _answer(q, turn, repeat, m, ids, out, wall, matches) -> dict:
@@ -184,7 +187,7 @@ def _answer(q, turn, repeat, m, ids, out, wall, matches) -> dict:
     token_ids = [int(t) for t in out.token_ids]
     return {
         "question_id": q.question_id, "category": q.category, "turn": turn + 1, "repeat": repeat,
-        "method": m["label"], "base_method": m["method"], "options": m["options"],
+        "method": m["label"], "base_method": m["method"], "options": m["options"], "numerics": m["numerics"],
         "new_tokens": len(token_ids), "wall_time_s": wall,
         "steps": _jsonable(stats.get("steps")), "accepted_lengths": _jsonable(stats.get("accepted_lengths")),
         "draft_tokens": _jsonable(stats.get("draft_tokens")), "lossless": stats.get("lossless"),
@@ -196,7 +199,7 @@ def _answer(q, turn, repeat, m, ids, out, wall, matches) -> dict:
 
 def finalize(out: Path, cfg: dict, answers: list[dict], write: bool = True) -> BenchResult:
     out = Path(out)
-    ref = config_mod.reference_label(cfg["methods"])
+    ref = config_mod.main_reference(cfg)
     df = summary.summarize(answers, cfg["methods"], ref)
     files = {"config": out / store.CONFIG_FILE, "answers": out / store.ANSWERS_FILE,
              "summary_csv": out / "summary.csv", "summary_md": out / "summary.md"}
@@ -219,13 +222,15 @@ def finalize(out: Path, cfg: dict, answers: list[dict], write: bool = True) -> B
 
 
 def run_benchmark(config: dict | str | Path | None, out: str | Path, model=None, progress: bool = True,
-                  methods: list[str] | None = None) -> BenchResult:
+                  methods: list[str] | None = None, verbose: bool = False) -> BenchResult:
     """Run (or resume, or just re-read) a benchmark into the folder `out`.
 
     config: a dict (keys as in `specbench.bench.config.DEFAULTS`), a YAML/JSON file, or None.
     model: an already loaded specbench model to use instead of loading ``config["model"]`` (the
     config still decides what the folder records). methods: keep only these labels (or add these
-    methods with default options), as ``--methods`` does.
+    methods with default options), as ``--methods`` does. verbose: show transformers' output
+    while loading. Everything is checked (config, options, model files, dataset, out folder,
+    device) before any model is loaded.
     """
     raw = config_mod.load_config(config)
     cfg = config_mod.resolve_config(raw, methods_filter=methods)
@@ -235,13 +240,15 @@ def run_benchmark(config: dict | str | Path | None, out: str | Path, model=None,
     if not questions:
         raise SpecbenchError("no questions selected")
     out = Path(out)
+    if not (out / store.FINISHED_MARKER).is_file():     # a finished folder is only re-read
+        check_device(cfg["device"])
     finished, stored = store.prepare_folder(out, cfg)
     cfg = config_mod.jsonable(cfg)
     if finished:
         return finalize(out, cfg, stored, write=False)
 
     methods_cfg = cfg["methods"]
-    ref = config_mod.reference_label(methods_cfg)
+    refs = {m["label"]: config_mod.reference_for(cfg, m["label"]) for m in methods_cfg}
     done = {store.answer_key(a): a for a in stored}
     units = [(r, q, m) for r in range(cfg["repeats"]) for q in questions for m in methods_cfg]
 
@@ -258,20 +265,20 @@ def run_benchmark(config: dict | str | Path | None, out: str | Path, model=None,
         torch.set_num_threads(cfg["threads"])
     try:
         if remaining:
-            _run_units(cfg, out, questions, remaining, len(units), done, answers, model, progress, ref, key)
+            _run_units(cfg, out, questions, remaining, len(units), done, answers, model, progress, refs, key,
+                       verbose)
     finally:
         torch.set_num_threads(threads_before)
     # the answers in the order of the run (stored ones first, in file order)
     return finalize(out, cfg, answers, write=True)
 
 
-def _run_units(cfg, out, questions, remaining, total, done, answers, model, progress, ref, key) -> None:
+def _run_units(cfg, out, questions, remaining, total, done, answers, model, progress, refs, key, verbose) -> None:
     """Load what the run needs, warm up, then time and store every remaining answer."""
     if model is None:
-        _log(progress, f"loading model {cfg['model'] or '(default)'} on {cfg['device']} ({cfg['dtype']})")
-        model = core_load_model(cfg["model"], cfg["device"], cfg["dtype"])
+        model = core_load_model(cfg["model"], cfg["device"], cfg["dtype"], verbose, announce=progress)
     device = _device(model)
-    calls = _Methods(model, cfg).calls
+    calls = _Methods(model, cfg, verbose).calls
     # every prompt is built before timing starts, so a bad question fails early
     for q in questions:
         if isinstance(q.turns[0], str) and getattr(model, "tokenizer", None) is None:
@@ -303,7 +310,7 @@ def _run_units(cfg, out, questions, remaining, total, done, answers, model, prog
                         result = calls[m["label"]](ids, cfg["max_new_tokens"])
                     _sync(device)
                     wall = time.perf_counter() - start
-                    matches = None
+                    matches, ref = None, refs[m["label"]]
                     if ref is not None:
                         if m["label"] == ref:
                             matches = True

@@ -8,8 +8,11 @@
   vanilla in the run, speedup is null.
 * ``mean_accepted`` is the mean of all accepted lengths of the method pooled (tokens committed per
   step, bonus included: 1.0 for vanilla), null where unknown.
-* ``exact_match`` is the share of answers token-identical to vanilla's answer to the same
-  question, turn and repeat (null without vanilla).
+* ``acceptance_rate`` is accepted draft tokens over drafted tokens, pooled: the sum over steps of
+  (accepted length - 1, the bonus token excluded) over the sum of draft tokens; null where nothing
+  was drafted (vanilla) or unknown. For tree drafts every node counts as drafted.
+* ``exact_match`` is the share of answers token-identical to the answer of the vanilla of the
+  same numerics mode to the same question, turn and repeat (null without one).
 * ``lossless`` is false when any answer's stats said the method is not lossless; lossy methods
   carry " [lossy]" after their label in every printed table and plot.
 * ``<phase>_ms`` (draft, forward, verify, host: `specbench.timing.PHASES`) is the time of that
@@ -28,8 +31,8 @@ from specbench.timing import PHASES
 
 PHASE_COLUMNS = [f"{p}_ms" for p in PHASES]
 COLUMNS = ["method", "base_method", "options", "lossless", "category", "questions", "answers",
-           "new_tokens_mean", "wall_time_s", "tokens_per_s", "speedup", "mean_accepted", "exact_match",
-           *PHASE_COLUMNS]
+           "new_tokens_mean", "wall_time_s", "tokens_per_s", "speedup", "mean_accepted", "acceptance_rate",
+           "exact_match", *PHASE_COLUMNS]
 ALL = "all"
 
 
@@ -77,6 +80,8 @@ def _stats(rows: list[dict], ref_rows: list[dict] | None) -> dict:
     acc = [x for a in rows if a.get("accepted_lengths") is not None for x in a["accepted_lengths"]]
     known_acc = all(a.get("accepted_lengths") is not None for a in rows)
     matches = [bool(a["matches_vanilla"]) for a in rows if a.get("matches_vanilla") is not None]
+    known_drafts = known_acc and all(a.get("draft_tokens") is not None for a in rows)
+    drafted = sum(x for a in rows for x in a["draft_tokens"]) if known_drafts else 0
     return {
         "questions": len(_units(rows)),
         "answers": len(rows),
@@ -85,6 +90,7 @@ def _stats(rows: list[dict], ref_rows: list[dict] | None) -> dict:
         "tokens_per_s": tps,
         "speedup": tps / ref if ref and not math.isnan(ref) and ref > 0 else math.nan,
         "mean_accepted": float(np.mean(acc)) if acc and known_acc else math.nan,
+        "acceptance_rate": sum(x - 1 for x in acc) / drafted if drafted else math.nan,
         "exact_match": float(np.mean(matches)) if matches else math.nan,
         **_phases(rows),
     }
@@ -138,7 +144,8 @@ def _fmt(v, kind: str) -> str:
 
 
 TABLE_COLUMNS = [("method", "method", None), ("tok/s", "tokens_per_s", "f1"), ("speedup", "speedup", "x"),
-                 ("mean acc.", "mean_accepted", "f2"), ("exact match", "exact_match", "pct"),
+                 ("mean acc.", "mean_accepted", "f2"), ("acc. rate", "acceptance_rate", "pct"),
+                 ("exact match", "exact_match", "pct"),
                  ("lossless", "lossless", "bool"), ("answers", "answers", None), ("new tok.", "new_tokens_mean", "f1")]
 
 
@@ -205,6 +212,7 @@ def markdown_report(df: pd.DataFrame, cfg: dict, reference: str | None) -> str:
         lines += ["## Per category", "", category_table(df), ""]
     lines += ["## Method options", ""]
     for m in cfg["methods"]:
-        lines.append(f"- `{m['label']}`: {m['method']} {json.dumps(m['options'], sort_keys=True)}")
+        mode = f", numerics {m['numerics']}" if m.get("numerics") else ""
+        lines.append(f"- `{m['label']}`: {m['method']} {json.dumps(m['options'], sort_keys=True)}{mode}")
     lines.append("")
     return "\n".join(lines)

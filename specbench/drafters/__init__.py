@@ -1,4 +1,5 @@
-"""Learned drafters (Medusa heads, EAGLE drafts): loading, random ones for tests, shipped ones.
+"""Learned drafters (Medusa heads, EAGLE drafts, distilled draft models for sps): loading, random
+ones for tests, shipped ones.
 
     d = specbench.load_drafter(path, model)             # our layout or an official one
     d = specbench.random_drafter(model, "medusa", seed=0)
@@ -17,10 +18,12 @@ import torch
 
 from ..errors import SpecbenchError
 from ..model import Transformer
-from .base import FORMAT, Drafter, read_json, read_weights, signature_mismatch, target_signature
+from .base import FORMAT, Drafter, read_json, read_shards, signature_mismatch, target_signature
+from .draft import DraftLayers, load_draft
+from .eagle import EagleDraft
 from .medusa import MedusaHeads
 
-DRAFTERS: dict[str, type[Drafter]] = {"medusa": MedusaHeads}
+DRAFTERS: dict[str, type[Drafter]] = {"medusa": MedusaHeads, "draft": DraftLayers, "eagle": EagleDraft}
 SHIPPED = Path(__file__).parent / "shipped"
 
 
@@ -39,17 +42,18 @@ def random_drafter(model: Transformer, kind: str, seed: int = 0, **config) -> Dr
     distribution test needs drafts that are often right and often wrong)."""
     cls = _check_kind(kind)
     gen = torch.Generator().manual_seed(seed)
-    drafter = cls(target_signature(model), **config)
+    drafter = cls.for_target(model, **config)
     with torch.no_grad():
         for name, param in drafter.named_parameters():
             scale = 0.1 if param.dim() == 1 else 2.0 / param.shape[-1] ** 0.5
-            param.copy_(scale * torch.randn(param.shape, generator=gen, dtype=torch.float64).to(param.dtype))
+            noise = scale * torch.randn(param.shape, generator=gen, dtype=torch.float64)
+            param.copy_((1 + noise if name.endswith("norm.weight") else noise).to(param.dtype))
     return _place(drafter, model)
 
 
 def load_drafter(path: str | os.PathLike, model: Transformer, kind: str | None = None) -> Drafter:
     """A drafter folder for `model`: our layout (config.json with format specbench-drafter) or an
-    official one (FasterDecoding Medusa). Refuses one made for another model."""
+    official one (FasterDecoding Medusa, SafeAILab EAGLE-1/2). Refuses one made for another model."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise SpecbenchError(f"drafter folder not found: {path}")
@@ -65,16 +69,19 @@ def load_drafter(path: str | os.PathLike, model: Transformer, kind: str | None =
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "target"}
         params = {k: v for k, v in config.items() if k in accepted}
         drafter = cls(target, **params)
-        state = read_weights(folder, ("model.safetensors",))
+        state = read_shards(folder)
         try:
-            drafter.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+            drafter.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                                    strict=True)
         except RuntimeError as e:
             raise SpecbenchError(f"{folder}: weights do not match config.json: {str(e).splitlines()[0]}") from e
     elif "medusa_num_heads" in config:
         drafter = MedusaHeads.from_official(folder, model)
+    elif EagleDraft.is_official(config):
+        drafter = EagleDraft.from_official(folder, model)
     else:
         raise SpecbenchError(f"{folder / 'config.json'} is neither a specbench drafter nor an official "
-                             f"Medusa layout")
+                             f"Medusa or EAGLE layout")
     if kind is not None and drafter.kind != kind:
         raise SpecbenchError(f"{folder} holds a {drafter.kind} drafter, not a {kind} one")
     return _place(drafter, model)
@@ -111,5 +118,5 @@ def resolve_drafter(drafter, model: Transformer, kind: str) -> Drafter:
                          f"got {type(drafter).__name__}")
 
 
-__all__ = ["DRAFTERS", "Drafter", "MedusaHeads", "load_drafter", "random_drafter", "resolve_drafter",
-           "shipped_drafter", "target_signature"]
+__all__ = ["DRAFTERS", "Drafter", "DraftLayers", "EagleDraft", "MedusaHeads", "load_draft", "load_drafter", "random_drafter",
+           "resolve_drafter", "shipped_drafter", "target_signature"]

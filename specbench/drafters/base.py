@@ -2,11 +2,14 @@
 
 A drafter folder (our layout) holds `config.json` (`format: specbench-drafter`, `kind`, the
 drafter's own hyperparameters, and `target`: the dimensions and an embedding probe of the model it
-was trained on), `model.safetensors`, and, for trained ones, `card.md` and `metrics.jsonl`.
+was trained on), `model.safetensors` (or `model-0000i-of-0000n.safetensors` shards when the weights
+exceed MAX_FILE_BYTES: a shipped file may hold at most 16 MB), and, for trained ones, `card.md` and
+`metrics.jsonl`.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -17,6 +20,13 @@ from ..model import Transformer
 
 FORMAT = "specbench-drafter"
 PROBE_ROWS = (0, 1, 2, 3, 5, 8, 13, 21)   # embedding rows whose first 8 values identify a target
+MAX_FILE_BYTES = 16_000_000                # the most one shipped file may hold
+
+
+def model_label(model: Transformer) -> str | None:
+    """The file or folder the model came from (for cards; never compared)."""
+    src = getattr(model, "hf_source", None) or {}
+    return src.get("gguf_file") or (src.get("pretrained_model_name_or_path") or "").rstrip("/").split("/")[-1] or None
 
 
 def target_signature(model: Transformer) -> dict:
@@ -25,7 +35,7 @@ def target_signature(model: Transformer) -> dict:
     a = model.args
     rows = [r for r in PROBE_ROWS if r < a.vocab_size]
     probe = model.embed.weight[rows, :8].detach().float().cpu()
-    return {"name": getattr(model, "name", None), "hidden_size": a.hidden_size, "vocab_size": a.vocab_size,
+    return {"name": model_label(model), "hidden_size": a.hidden_size, "vocab_size": a.vocab_size,
             "num_layers": a.num_layers, "embed_probe": [round(x, 5) for x in probe.flatten().tolist()]}
 
 
@@ -52,6 +62,12 @@ class Drafter(nn.Module):
         super().__init__()
         self.target = target
 
+    @classmethod
+    def for_target(cls, model: Transformer, **config) -> "Drafter":
+        """A new, untrained drafter for `model`. Drafters that need more of the target than its
+        signature (the draft model needs its layer shapes) override this."""
+        return cls(target_signature(model), **config)
+
     def config(self) -> dict:
         """The drafter's own hyperparameters (constructor keyword arguments)."""
         raise NotImplementedError
@@ -62,15 +78,22 @@ class Drafter(nn.Module):
             raise SpecbenchError(f"this {self.kind} drafter was made for another model: {why}")
 
     def save(self, folder: str | Path, dtype: torch.dtype = torch.float16, extra: dict | None = None) -> Path:
-        """Write config.json and model.safetensors (parameters cast to `dtype`)."""
-        from safetensors.torch import save_file
+        """Write config.json and the weights (floating-point tensors cast to `dtype`) in shards of
+        at most MAX_FILE_BYTES."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
+        state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+                 for k, v in self.state_dict().items()}
+        write_shards(state, folder)
         config = {"format": FORMAT, "kind": self.kind, **self.config(), "target": self.target, **(extra or {})}
         (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
         return folder
+
+
+def frequent_tokens(counts: torch.Tensor, n: int) -> torch.Tensor:
+    """The n tokens a drafter most often saw as targets in training (ties: the lower id), in id
+    order: a draft vocabulary (FR-Spec) for `sps` and `eagle`'s `draft_vocab`."""
+    return torch.sort(counts.neg(), stable=True).indices[:n].sort().values
 
 
 def read_json(path: Path) -> dict:
@@ -98,3 +121,43 @@ def read_weights(folder: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor
         except Exception as e:
             raise SpecbenchError(f"cannot read weights {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     raise SpecbenchError(f"{folder} holds none of {', '.join(names)}")
+
+
+def write_shards(state: dict[str, torch.Tensor], folder: Path, max_bytes: int = MAX_FILE_BYTES) -> list[Path]:
+    """model.safetensors, or model-0000i-of-0000n.safetensors when the tensors exceed max_bytes
+    (packed in order; a single tensor over the limit gets a shard of its own). Earlier shards in
+    the folder are removed first, so a reader never mixes two saves."""
+    from safetensors.torch import save_file
+    groups: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if groups[-1] and size + nbytes > max_bytes:
+            groups.append({})
+            size = 0
+        groups[-1][name] = t
+        size += nbytes
+    for old in weight_files(folder):
+        old.unlink()
+    names = ["model.safetensors"] if len(groups) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    for name, group in zip(names, groups):
+        save_file(group, str(folder / name))
+    return [folder / n for n in names]
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """model.safetensors and model-0000i-of-0000n.safetensors shards in folder."""
+    return sorted(f for f in folder.glob("model*.safetensors")
+                  if re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", f.name))
+
+
+def read_shards(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of model.safetensors or of its shards."""
+    files = weight_files(folder)
+    if not files:
+        raise SpecbenchError(f"{folder} holds no model.safetensors")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(read_weights(folder, (f.name,)))
+    return state

@@ -1,10 +1,11 @@
-"""One proposer per decoding method; `make_proposer` checks a method's options by name."""
+"""One proposer per decoding method; `make_proposer` builds one after checking its options
+against the strategy's signature (`specbench.options`)."""
 from __future__ import annotations
 
 import inspect
 
 from ..engine import Proposer
-from ..errors import SpecbenchError
+from .eagle import Eagle
 from .early_exit import EarlyExit
 from .lookahead import Lookahead
 from .medusa import Medusa
@@ -19,18 +20,12 @@ STRATEGIES: dict[str, type[Proposer]] = {
     "early_exit": EarlyExit,
     "lookahead": Lookahead,
     "medusa": Medusa,
+    "eagle": Eagle,
 }
 
 
 def make_proposer(method: str, model, **options) -> Proposer:
-    if method not in STRATEGIES:
-        raise SpecbenchError(f"unknown method {method!r}: choose one of {', '.join(STRATEGIES)}")
-    cls = STRATEGIES[method]
-    accepted = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "model")]
-    for name in options:
-        if name not in accepted:
-            raise SpecbenchError(f"unknown option {name!r} for method {method!r}"
-                                 f" (options: {', '.join(accepted) or 'none'})")
-    if "model" in inspect.signature(cls.__init__).parameters:
-        return cls(model, **options)
-    return cls(**options)
+    from ..options import parse_options, strategy
+    cls = strategy(method)
+    options = parse_options(method, options)
+    return cls(model, **options) if "model" in inspect.signature(cls.__init__).parameters else cls(**options)

@@ -39,11 +39,13 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from functools import lru_cache
+from typing import Annotated
 
 import torch
 
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
+from ..options import AtLeast, NonNegativeInt, PositiveInt
 from ..tree import DraftTree
 
 
@@ -140,23 +142,25 @@ class NGramPool:
 
 
 class Lookahead(Proposer):
-    """Lookahead decoding: window W, n-gram size N, guess set G (pool capacity per first token and
-    most candidates verified per step).
+    """Jacobi window + n-gram pool (Fu et al. 2024), both branches in one tree-shaped forward.
 
-    prompt_ngrams: seed the pool with the prompt's own n-grams and keep adding those of the
+    prompt_ngrams seeds the pool with the prompt's own n-grams and keeps adding those of the
     committed text (lade's POOL_FROM_PROMPT does both); the window's n-grams are always added.
-    seed: for the guesses that fill the window's new columns (never the verifier's generator).
+    guess_seed seeds the guesses that fill the window's new columns (never the verifier's generator).
+
+    Options:
+    W: window width
+    N: n-gram size
+    G: n-grams kept per first token and verified per step
     """
 
-    def __init__(self, W: int = 7, N: int = 5, G: int = 7, prompt_ngrams: bool = True, seed: int = 0):
+    def __init__(self, W: PositiveInt = 7, N: Annotated[int, AtLeast(2)] = 5, G: NonNegativeInt = 7,
+                 prompt_ngrams: bool = True, guess_seed: int = 0):
         # the paper's names: window W, n-gram size N, guess set G
-        for name, value, low in (("W", W, 1), ("N", N, 2), ("G", G, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise SpecbenchError(f"lookahead: {name} must be an integer >= {low}, got {value!r}")
         self.window, self.ngram, self.guess_set = W, N, G
         window, ngram, guess_set = W, N, G
-        self.prompt_ngrams = bool(prompt_ngrams)
-        self.seed = seed
+        self.prompt_ngrams = prompt_ngrams
+        self.seed = guess_seed
         # draft trie (G n-grams of N - 1 tokens) + window (W - 1 + (N - 2) * W aux nodes)
         self.max_nodes = guess_set * (ngram - 1) + (ngram - 1) * window - 1
         self._reset()

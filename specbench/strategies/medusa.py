@@ -10,9 +10,12 @@ distribution; `acceptance="typical"` selects Medusa's lossy typical acceptance i
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 import torch
 
-from ..drafters import resolve_drafter
+from ..drafters import Drafter, resolve_drafter
 from ..drafters.medusa import check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer
 from ..errors import SpecbenchError
@@ -24,10 +27,16 @@ DEFAULT_TREE_SIZE = {"cpu": 10, "cuda": 48}
 
 
 class Medusa(Proposer):
-    def __init__(self, model: Transformer, drafter=None, tree: int | list | None = None,
-                 acceptance: str = "exact", typical_threshold: float = 0.09, typical_alpha: float = 0.3):
-        if acceptance not in ("exact", "typical"):
-            raise SpecbenchError(f"acceptance must be 'exact' or 'typical', got {acceptance!r}")
+    """Medusa heads on the last hidden state draft a tree of top-k combinations.
+
+    Options:
+    drafter: None: the one shipped for the default model
+    tree: a node count, None: by device, or index paths
+    """
+
+    def __init__(self, model: Transformer, drafter: Path | Drafter | None = None, tree: int | list | None = None,
+                 acceptance: Literal["exact", "typical"] = "exact", typical_threshold: float = 0.09,
+                 typical_alpha: float = 0.3):
         if not 0 < typical_threshold <= 1 or not 0 < typical_alpha <= 1:
             raise SpecbenchError("typical_threshold and typical_alpha must be in (0, 1]")
         if isinstance(tree, bool) or (isinstance(tree, int) and tree < 1):
@@ -43,9 +52,13 @@ class Medusa(Proposer):
         self.topk = int(rank.max()) + 1
         self.max_nodes = len(self.paths)
         self.feature_layers = (model.args.num_layers,)
-        self.lossless = acceptance == "exact"
+        self.lossless = self.lossless_with({"acceptance": acceptance})
         if not self.lossless:
             self.typical = (typical_threshold, typical_alpha)
+
+    @classmethod
+    def lossless_with(cls, options: dict) -> bool:
+        return options["acceptance"] == "exact"
 
     def propose(self, ctx: DecodeContext) -> DraftTree:
         if ctx.root_features is None:    # a one-token prompt has no state before the root yet

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..engine import DecodeContext, Proposer
-from ..errors import SpecbenchError
+from ..options import PositiveInt
 from ..tree import DraftTree
 
 
@@ -28,11 +28,9 @@ def lookup_continuation(tokens: list[int], max_ngram: int, num_draft: int) -> li
 
 
 class PromptLookup(Proposer):
-    def __init__(self, max_ngram: int = 3, num_draft: int = 10):
-        if num_draft < 1:
-            raise SpecbenchError(f"num_draft must be >= 1, got {num_draft}")
-        if max_ngram < 1:
-            raise SpecbenchError(f"max_ngram must be >= 1, got {max_ngram}")
+    """Prompt lookup: the tokens after the latest earlier match of the last n-gram (no model)."""
+
+    def __init__(self, max_ngram: PositiveInt = 3, num_draft: PositiveInt = 10):
         self.max_ngram, self.num_draft = max_ngram, num_draft
         self.max_nodes = num_draft
 

@@ -1,42 +1,98 @@
 """Draft-model speculative sampling (Leviathan et al. 2023; Chen et al. 2023): a smaller model
-sharing the vocabulary samples a chain of `num_draft` tokens from its own processed distribution."""
+sharing the vocabulary samples a chain of `num_draft` tokens from its own processed distribution.
+
+`draft=None` is the draft distilled from the default model and shipped with specbench (`specbench
+train draft`; README, "A distilled draft for sps"); `specbench.drafters.draft.resolve_draft` lists
+the other forms. On CUDA the draft's decoding forwards replay CUDA graphs as the target's do: a
+few-layer draft is launch-bound too, and an eager one would cost as much as the target.
+
+`draft_vocab=N` (a frequency-ranked draft vocabulary, as FR-Spec, Zhao et al. 2025) lets the draft's
+LM head score only the N tokens most often predicted in its training data: on a CPU the head is most
+of a small draft's cost (49,152 x 576 on the default model, as much as 8 of its layers). The draft
+distribution is zero elsewhere; the verifier sees that q, so decoding stays exact.
+"""
 from __future__ import annotations
 
 import torch
 
+from ..cuda_graph import BUCKETS, graphed_model
+from ..drafters.base import frequent_tokens
+from ..drafters.draft import DraftLayers, DraftRef, resolve_draft
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
 from ..model import Transformer
+from ..options import PositiveInt
 from ..sampling import draw, process_logits
 from ..tree import DraftTree
 
+GRAPHED_TOKENS = BUCKETS[1]   # the draft's decoding forwards (1 or 2 new tokens); prefill runs eager
+
 
 class DraftModel(Proposer):
-    def __init__(self, model: Transformer, draft: Transformer | None = None, num_draft: int = 5):
-        if draft is None:
-            raise SpecbenchError("method 'sps' needs a draft model: draft=<model sharing the vocabulary> (CLI: --draft PATH)")
-        if num_draft < 1:
-            raise SpecbenchError(f"num_draft must be >= 1, got {num_draft}")
-        if draft.args.vocab_size != model.args.vocab_size:
+    """A draft model sharing the vocabulary samples a chain (its own cache).
+
+    Options:
+    draft: None: the draft shipped for the default model
+    draft_vocab: None: the whole vocabulary
+    """
+
+    def __init__(self, model: Transformer, draft: DraftRef | Transformer | DraftLayers | None = None,
+                 num_draft: PositiveInt = 5, draft_vocab: PositiveInt | None = None):
+        vocab = model.args.vocab_size
+        if draft_vocab is not None and draft_vocab > vocab:
+            raise SpecbenchError(f"draft_vocab must be a token count in 1..{vocab} or None, got {draft_vocab!r}")
+        draft = resolve_draft(draft, model)
+        if draft.args.vocab_size != vocab:
             raise SpecbenchError(f"the draft's vocabulary ({draft.args.vocab_size}) differs from the target's "
-                                 f"({model.args.vocab_size}): sps needs a shared vocabulary")
+                                 f"({vocab}): sps needs a shared vocabulary")
+        if draft.device != model.device:
+            raise SpecbenchError(f"the draft is on {draft.device} and the target on {model.device}: load both on one device")
         self.draft, self.num_draft = draft, num_draft
         self.max_nodes = num_draft
+        self.vocab = self.head = None
+        if draft_vocab is not None and draft_vocab < vocab:
+            counts = getattr(draft, "token_counts", None)
+            if counts is None or not counts.any():
+                raise SpecbenchError("draft_vocab needs a draft from `specbench train draft` (it counts the tokens "
+                                     "of its training data to rank them)")
+            # the most frequent tokens; the head is those rows of the LM head
+            self.vocab = frequent_tokens(counts, draft_vocab).to(draft.device)
+            self.head = draft.lm_head.weight[self.vocab]
 
     def begin(self, ctx: DecodeContext) -> None:
         # the draft's cache follows the target's convention: all committed tokens but the root
-        self.cache = self.draft.new_cache(ctx.prompt_len + ctx.max_new_tokens + self.num_draft + 1)
+        max_len = ctx.prompt_len + ctx.max_new_tokens + self.num_draft + 1
+        # draft="target" must not share the target's own graphs and cache
+        self.graphed = graphed_model(self.draft, max_len) \
+            if ctx.graphed is not None and self.draft is not ctx.model else None
+        if self.graphed is not None:
+            stop = None if self.vocab is None else self.draft.args.num_layers
+            for n in (1, GRAPHED_TOKENS):   # capture both shapes now, not inside a timed step
+                self.graphed.prepare(n, stop_layer=stop)
+        self.cache = self.graphed.cache if self.graphed is not None else self.draft.new_cache(max_len)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The draft's next-token logits [V] after new tokens x, written past its cache (-inf
+        outside draft_vocab's tokens)."""
+        start = self.cache.length
+        positions = torch.arange(start, start + len(x), device=x.device)
+        stop = None if self.vocab is None else self.draft.args.num_layers     # then the head is ours
+        if self.graphed is not None and len(x) <= GRAPHED_TOKENS:
+            out = self.graphed.forward(x, positions, None, stop_layer=stop)
+        else:
+            out = self.draft(x, positions, self.cache, last_only=True, stop_layer=stop)
+        self.cache.length += len(x)
+        if self.vocab is None:
+            return out.logits[-1]
+        scores = self.draft.norm(out.hidden[-1]) @ self.head.T
+        return scores.new_full((self.draft.args.vocab_size,), float("-inf")).index_copy_(0, self.vocab, scores)
 
     def propose(self, ctx: DecodeContext) -> DraftTree:
-        device = self.draft.device
         pending = ctx.tokens[self.cache.length:]          # committed tokens the draft has not seen
-        x = torch.tensor(pending, device=device)
+        x = torch.tensor(pending, device=self.draft.device)
         tokens, qs = [], []
-        for i in range(self.num_draft):
-            start = self.cache.length
-            out = self.draft(x, torch.arange(start, start + len(x), device=device), self.cache, last_only=True)
-            self.cache.length += len(x)
-            q = process_logits(out.logits[-1], ctx.params)
+        for _ in range(self.num_draft):
+            q = process_logits(self._logits(x), ctx.params)
             token = draw(q, ctx.params, ctx.generator)
             tokens.append(token)
             qs.append(q)

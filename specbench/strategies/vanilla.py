@@ -6,5 +6,7 @@ from ..tree import DraftTree
 
 
 class Vanilla(Proposer):
+    """Nothing: one token per target forward."""
+
     def propose(self, ctx: DecodeContext) -> DraftTree:
         return DraftTree.empty(ctx.model.device)

@@ -3,7 +3,8 @@
     from specbench.train import TrainConfig, train_drafter
     folder = train_drafter(model, TrainConfig(kind="medusa", conversations=2000), "drafters/medusa")
 
-The folder then loads with `specbench.load_drafter(folder, model)`.
+The folder then loads with `specbench.load_drafter(folder, model)` (a `draft` folder also with
+`specbench.load_draft(folder, model)` or `specbench.load_model(folder)`, and serves sps as draft=folder).
 """
 from __future__ import annotations
 
@@ -14,21 +15,19 @@ from pathlib import Path
 
 import torch
 
-from ..drafters import DRAFTERS, Drafter, random_drafter, target_signature
+from ..drafters import DRAFTERS, Drafter, random_drafter
 from ..errors import SpecbenchError
-from ..generate import generate
 from ..model import Transformer
+from ..weights_cache import cache_root
 from .data import TokenData, self_distill, sharegpt_tokens
-from .medusa import RANKS, MedusaObjective
-from .trainer import Objective, Stop, TrainConfig, split, target_pass, train
+from ..drafters.draft import INITS
+from .distill import DIVERGENCES, DistillObjective
+from .eagle import EagleObjective
+from .medusa import MedusaObjective
+from .trainer import DEFAULT_DATA, Stop, TrainConfig, split, train
 
-OBJECTIVES = {"medusa": MedusaObjective}
+OBJECTIVES = {"medusa": MedusaObjective, "draft": DistillObjective, "eagle": EagleObjective}
 DATA_SOURCES = ("sharegpt", "self_distill")
-
-
-def cache_dir() -> Path:
-    """Where derived files (token files) are cached: $SPECBENCH_CACHE, else ~/.cache/specbench."""
-    return Path(os.environ.get("SPECBENCH_CACHE") or Path.home() / ".cache" / "specbench")
 
 
 def check_config(config: TrainConfig) -> None:
@@ -43,6 +42,13 @@ def check_config(config: TrainConfig) -> None:
             raise SpecbenchError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.max_len < 8:
         raise SpecbenchError(f"max_len must be >= 8, got {config.max_len}")
+    if config.objective.get("labels", "target") not in ("target", "data"):
+        raise SpecbenchError(f"labels must be 'target' or 'data', got {config.objective['labels']!r}")
+    if config.drafter.get("init", "target") not in INITS:
+        raise SpecbenchError(f"init must be one of {', '.join(INITS)}, got {config.drafter['init']!r}")
+    if config.objective.get("divergence", "fkl") not in DIVERGENCES:
+        raise SpecbenchError(f"divergence must be one of {', '.join(DIVERGENCES)}, "
+                             f"got {config.objective['divergence']!r}")
     if not config.epochs > 0 or not config.lr > 0:
         raise SpecbenchError("epochs and lr must be > 0")
 
@@ -55,7 +61,7 @@ def training_data(model: Transformer, config: TrainConfig) -> TokenData:
             data = data.select(list(range(config.conversations)))
     else:
         name = getattr(model, "name", None) or f"model-{model.args.hidden_size}-{model.args.vocab_size}"
-        path = cache_dir() / "data" / f"{config.data}-{name}-{config.conversations}-{config.max_len}.npz"
+        path = cache_root() / "data" / f"{config.data}-{name}-{config.conversations}-{config.max_len}.npz"
         if path.is_file():
             data = TokenData.load(path)
         else:
@@ -68,36 +74,10 @@ def training_data(model: Transformer, config: TrainConfig) -> TokenData:
 
 
 def new_drafter(model: Transformer, config: TrainConfig) -> Drafter:
-    drafter = DRAFTERS[config.kind](target_signature(model), **config.drafter)
+    torch.manual_seed(config.seed)       # a random initialisation (EAGLE's) is the same on every run
+    drafter = DRAFTERS[config.kind].for_target(model, **config.drafter)
     drafter.init_from_target(model)
     return drafter
-
-
-def evaluate(objective: Objective, model: Transformer, data: TokenData, indices: list[int],
-             eval_tokens: int) -> dict:
-    """Held-back conversations: per-head rank accuracy (the tree's input) and the mean accepted
-    tokens of greedy decoding from their first prompts, with the trained drafter."""
-    drafter = objective.drafter.to(dtype=model.dtype).eval()   # as generate will run it
-    counts = None
-    prompts = []
-    for i in indices:
-        ids, mask = data.item(i)
-        logits, feats = target_pass(model, ids, objective.feature_layers)
-        c = objective.rank_counts(model, feats, logits, mask.to(model.device))
-        counts = c if counts is None else counts + c
-        first = int(mask.nonzero()[0]) if mask.any() else len(ids)
-        if 1 < first < model.args.max_position_embeddings - eval_tokens:
-            prompts.append(ids[:first].tolist())
-    rank_accuracy = (counts[:, :RANKS] / counts.sum(-1, keepdim=True).clamp_min(1)).tolist()
-    drafter.rank_accuracy = [[round(x, 4) for x in row] for row in rank_accuracy]
-    steps = tokens = 0
-    for prompt in prompts:
-        out = generate(model, prompt, method=drafter.kind, drafter=drafter, max_new_tokens=eval_tokens)
-        steps += out.stats["steps"]
-        tokens += out.stats["new_tokens"]
-    drafter.float()
-    return {"rank_accuracy": drafter.rank_accuracy, "eval_prompts": len(prompts), "eval_tokens": eval_tokens,
-            "mean_accepted": tokens / max(1, steps)}
 
 
 def train_drafter(model: Transformer, config: TrainConfig, out: str | os.PathLike, *,
@@ -108,11 +88,11 @@ def train_drafter(model: Transformer, config: TrainConfig, out: str | os.PathLik
     out = Path(out)
     data = data if data is not None else training_data(model, config)
     drafter = new_drafter(model, config)
-    objective = OBJECTIVES[config.kind](drafter, model)
+    objective = OBJECTIVES[config.kind](drafter, model, **config.objective)
     start = time.perf_counter()
     result = train(objective, model, data, config, out, stop_after=stop_after, progress=progress)
     _, val_idx = split(data, config.validation)
-    evaluation = evaluate(objective, model, data, val_idx, eval_tokens)
+    evaluation = objective.evaluate(model, data, val_idx, eval_tokens)
     extra = {"training": {"data": data.meta.get("source", str(config.data)), "conversations": len(data),
                           "max_len": config.max_len, "steps": result["steps"], "epochs": config.epochs,
                           "lr": config.lr, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
@@ -143,6 +123,8 @@ def plot_loss(metrics: Path, png: Path) -> None:
 def write_card(out: Path, config: TrainConfig, training: dict, evaluation: dict) -> None:
     final = training["final"]
     heads = sorted(k for k in final if k.startswith("agree_head"))
+    measured = {k: v for k, v in evaluation.items()
+                if k not in ("rank_accuracy", "eval_prompts", "eval_tokens", "mean_accepted")}
     lines = [
         f"# {config.kind} drafter",
         "",
@@ -153,17 +135,21 @@ def write_card(out: Path, config: TrainConfig, training: dict, evaluation: dict)
         f"- Training: {training['steps']} steps, {config.epochs} epoch(s), batch {config.batch_size} sequences, "
         f"AdamW lr {config.lr} (warm-up {config.warmup_steps}, cosine), clip {config.grad_clip}, seed {config.seed}",
         f"- Device: {training['device']}, target dtype {training['dtype']}, {training['seconds']} s",
+        f"- Drafter: {json.dumps(config.drafter, sort_keys=True)}; objective options: "
+        f"{json.dumps(config.objective, sort_keys=True)}",
         f"- Final loss (mean of the last 20 steps): {final.get('loss', float('nan')):.4f}",
-        "- Agreement with the target's greedy token per head: "
-        + ", ".join(f"{final[h]:.3f}" for h in heads),
+        *(["- Agreement with the target's greedy token per head: " + ", ".join(f"{final[h]:.3f}" for h in heads)]
+          if heads else []),
         f"- Mean accepted tokens per step, greedy, {evaluation['eval_prompts']} held-back prompts x "
         f"{evaluation['eval_tokens']} tokens: {evaluation['mean_accepted']:.3f}",
+        *([f"- Held-back measurements: {json.dumps({k: round(v, 4) for k, v in measured.items()}, sort_keys=True)}"]
+          if measured else []),
         "",
-        "Files: model.safetensors, config.json (hyperparameters, target signature, these figures), "
+        "Files: model*.safetensors, config.json (hyperparameters, target signature, these figures), "
         "metrics.jsonl (per step), loss.png.",
         "",
     ]
     (out / "card.md").write_text("\n".join(lines))
 
 
-__all__ = ["TrainConfig", "Stop", "train_drafter", "training_data", "check_config", "random_drafter"]
+__all__ = ["DEFAULT_DATA", "TrainConfig", "Stop", "train_drafter", "training_data", "check_config", "random_drafter"]

@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
+from ..cli import add_verbose
+from ..drafters.draft import DEFAULT_LAYERS
 from ..errors import SpecbenchError
-from . import DATA_SOURCES, OBJECTIVES, TrainConfig, check_config
+from . import DATA_SOURCES, DEFAULT_DATA, OBJECTIVES, TrainConfig, check_config
+from .distill import DIVERGENCES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drafter to train, or `data` to only write a token file (for staging)")
     parser.add_argument("--out", required=True, help="output folder (a .npz file for `data`)")
     parser.add_argument("--model", default=None, help="target: GGUF, folder or hub id (default SmolLM2-135M-Instruct)")
-    parser.add_argument("--data", default="sharegpt",
-                        help=f"{' | '.join(DATA_SOURCES)} | a token file from `specbench train data` (default sharegpt)")
+    parser.add_argument("--data", default=None,
+                        help=f"{' | '.join(DATA_SOURCES)} | a token file from `specbench train data` (default per kind: "
+                             + ", ".join(f"{k} {v}" for k, v in DEFAULT_DATA.items()) + ", else sharegpt)")
     parser.add_argument("--conversations", type=int, default=2000)
     parser.add_argument("--max-len", type=int, default=1024)
     parser.add_argument("--epochs", type=float, default=1.0)
@@ -31,34 +36,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", help="the frozen target's dtype (bf16 autocast on CUDA)")
     parser.add_argument("--eval-tokens", type=int, default=128, help="tokens per held-back prompt in the card's figure")
     parser.add_argument("--heads", type=int, default=4, help="medusa: number of heads")
-    parser.add_argument("--layers", type=int, default=1, help="medusa: ResBlocks per head")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="medusa: ResBlocks per head (default 1); draft: transformer layers (default 4)")
     parser.add_argument("--own-lm-head", action="store_true", help="medusa: one LM head per head (not shared)")
+    parser.add_argument("--labels", default="target", choices=["target", "data"],
+                        help="medusa: the target's distribution (soft, default) or the data's token")
+    parser.add_argument("--init", default="target",
+                        help="draft: start from the target's first layers (target) or at random (fresh)")
+    parser.add_argument("--divergence", default="fkl",
+                        help=f"draft: what distillation minimises, one of {', '.join(DIVERGENCES)} (README)")
+    add_verbose(parser)
 
 
 def run(args) -> int:
-    from ..loading import load_model, parse_dtype
+    from ..checks import check_device, check_dtype, check_output_dir
+    from ..loading import load_with_status, locate_model
     from . import train_drafter, training_data
-    drafter = {"num_heads": args.heads, "num_layers": args.layers, "own_lm_head": args.own_lm_head} \
-        if args.kind == "medusa" else {}
+    drafter, objective = {}, {}
+    if args.kind == "medusa":
+        drafter = {"num_heads": args.heads, "num_layers": 1 if args.layers is None else args.layers,
+                   "own_lm_head": args.own_lm_head}
+        objective = {"labels": args.labels}
+    elif args.kind == "draft":
+        drafter = {"num_layers": DEFAULT_LAYERS if args.layers is None else args.layers, "init": args.init}
+        objective = {"divergence": args.divergence}
     config = TrainConfig(kind="medusa" if args.kind == "data" else args.kind, data=args.data,
                          conversations=args.conversations, max_len=args.max_len, epochs=args.epochs, lr=args.lr,
                          batch_size=args.batch_size, warmup_steps=args.warmup_steps,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
-                         dtype=args.dtype, drafter=drafter)
+                         dtype=args.dtype, drafter=drafter, objective=objective)
     check_config(config)
-    parse_dtype(args.dtype)
-    if args.device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise SpecbenchError(f"--device {args.device}: no CUDA device is available here")
-    if args.kind == "medusa" and (args.heads < 1 or args.layers < 1):
+    check_device(args.device)
+    check_dtype(args.dtype)
+    if drafter.get("num_heads", 1) < 1 or drafter.get("num_layers", 1) < 1:
         raise SpecbenchError("--heads and --layers must be >= 1")
     if args.eval_tokens < 1:
         raise SpecbenchError("--eval-tokens must be >= 1")
+    check_output_dir(Path(args.out).parent if args.kind == "data" else args.out, "the --out folder")
     start = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_with_status(locate_model(args.model, args.verbose), args.device, args.dtype)
     if args.kind == "data":
-        from pathlib import Path
         data = training_data(model, config)
         path = data.save(Path(args.out))
         print(f"wrote {len(data)} conversations ({len(data.tokens)} tokens) to {path}", file=sys.stderr)

@@ -1,5 +1,10 @@
 """Medusa-1's objective: each head's cross-entropy on the token it must predict, head k weighted
-0.8^k (the paper's decay: far heads are less accurate and matter less), the target frozen."""
+0.8^k (the paper's decay: far heads are less accurate and matter less), the target frozen.
+
+`labels="target"` (the default) takes as label the target's own distribution for that token given
+the true context (soft labels, Medusa-2's self-distillation loss): the heads learn what the target
+would say, which is what greedy and sampled verification accept. `labels="data"` is Medusa-1's
+cross-entropy on the data's token."""
 from __future__ import annotations
 
 import torch
@@ -7,15 +12,18 @@ import torch.nn.functional as F
 
 from ..drafters.medusa import MedusaHeads
 from ..model import Transformer
+from .data import TokenData
+from .trainer import greedy_acceptance, held_out
 
 HEAD_DECAY = 0.8
 RANKS = 10     # ranks measured per head for the tree (medusa_tree)
 
 
 class MedusaObjective:
-    def __init__(self, drafter: MedusaHeads, model: Transformer):
+    def __init__(self, drafter: MedusaHeads, model: Transformer, labels: str = "target"):
         self.drafter = drafter
         self.feature_layers = (model.args.num_layers,)
+        self.labels = labels
 
     def loss(self, model: Transformer, features: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
              mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
@@ -29,7 +37,11 @@ class MedusaObjective:
                 break
             m = mask[shift:]
             pred = head_logits[: n - shift, k][m].float()
-            ce = F.cross_entropy(pred, ids[shift:][m], reduction="sum")
+            if self.labels == "data":
+                ce = F.cross_entropy(pred, ids[shift:][m], reduction="sum")
+            else:   # logits row j is the target's distribution for token j + 1
+                soft = torch.softmax(logits[shift - 1: n - 1][m].float(), dim=-1)
+                ce = -(soft * F.log_softmax(pred, dim=-1)).sum()
             total = total + HEAD_DECAY ** k * ce
             top1 = pred.argmax(-1)
             metrics[f"loss_head{k}"] = ce.item()
@@ -57,3 +69,18 @@ class MedusaObjective:
             counts[k, :RANKS] += hit.sum(0).float().cpu()
             counts[k, RANKS] += float((~hit.any(-1)).sum())
         return counts
+
+    @torch.no_grad()
+    def evaluate(self, model: Transformer, data: TokenData, indices: list[int], eval_tokens: int) -> dict:
+        """Per-head rank accuracy on the held-back conversations (stored on the heads: the default
+        tree is built from it), then greedy decoding with the heads."""
+        self.drafter.to(dtype=model.dtype).eval()          # as generate will run it
+        counts = None
+        for logits, features, _, mask in held_out(model, self, data, indices):
+            c = self.rank_counts(model, features, logits, mask)
+            counts = c if counts is None else counts + c
+        rank_accuracy = (counts[:, :RANKS] / counts.sum(-1, keepdim=True).clamp_min(1)).tolist()
+        self.drafter.rank_accuracy = [[round(x, 4) for x in row] for row in rank_accuracy]
+        figures = greedy_acceptance(model, data, indices, eval_tokens, method="medusa", drafter=self.drafter)
+        self.drafter.float()
+        return {"rank_accuracy": self.drafter.rank_accuracy, **figures}

@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 
 from ..drafters import Drafter
 from ..errors import SpecbenchError
+from ..generate import generate
 from ..model import Transformer
 from .data import TokenData
 
@@ -30,10 +32,14 @@ RUN_FILE = "train_config.json"
 CHECKPOINT = "checkpoint.pt"
 
 
+# training data when none is named, per drafter kind (README, "Medusa": the data ablation)
+DEFAULT_DATA = {"medusa": "sharegpt", "eagle": "sharegpt"}
+
+
 @dataclass
 class TrainConfig:
     kind: str
-    data: str = "sharegpt"            # sharegpt | self_distill | a token file
+    data: str | None = None           # sharegpt | self_distill | a token file; None: DEFAULT_DATA[kind]
     conversations: int = 2000
     max_len: int = 1024
     epochs: float = 1.0
@@ -48,6 +54,11 @@ class TrainConfig:
     dtype: str = "float32"            # the target's dtype; bf16 autocast on CUDA either way
     validation: int = 32              # conversations held back from training for the card's figures
     drafter: dict = field(default_factory=dict)   # the drafter's own hyperparameters
+    objective: dict = field(default_factory=dict)  # loss options (medusa: labels; draft: divergence)
+
+    def __post_init__(self) -> None:
+        if self.data is None:
+            self.data = DEFAULT_DATA.get(self.kind, "sharegpt")
 
     def identity(self) -> dict:
         """What must match for an out folder to resume (not where or how fast it runs)."""
@@ -65,6 +76,12 @@ class Objective(Protocol):
     def loss(self, model: Transformer, features: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
              mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
         """(summed loss, summed metrics, number of predicted tokens) of one sequence."""
+        ...
+
+    def evaluate(self, model: Transformer, data: TokenData, indices: list[int], eval_tokens: int) -> dict:
+        """The trained drafter's figures on the held-back conversations `indices` (its own, then
+        `greedy_acceptance`'s); stores on the drafter what decoding needs (Medusa's and EAGLE's
+        measured rank accuracies shape their default trees)."""
         ...
 
 
@@ -90,6 +107,35 @@ def target_pass(model: Transformer, ids: torch.Tensor, layers: tuple[int, ...]) 
     cache = model.new_cache(len(ids))
     out = model(ids.to(model.device), torch.arange(len(ids), device=model.device), cache, output_layers=layers)
     return out.logits, features(out, layers)
+
+
+def held_out(model: Transformer, objective: Objective, data: TokenData,
+             indices: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(logits, features, ids, mask) of the target over each held-back conversation, on its device."""
+    for i in indices:
+        ids, mask = data.item(i)
+        logits, feats = target_pass(model, ids, objective.feature_layers)
+        yield logits, feats, ids.to(model.device), mask.to(model.device)
+
+
+def greedy_acceptance(model: Transformer, data: TokenData, indices: list[int], eval_tokens: int,
+                      **method) -> dict:
+    """Greedy decoding with `method` (generate's method and options) from the first prompt of each
+    held-back conversation (its tokens before the first assistant token): the card's figures."""
+    steps = tokens = drafted = accepted = prompts = 0
+    for i in indices:
+        ids, mask = data.item(i)
+        first = int(mask.nonzero()[0]) if mask.any() else len(ids)
+        if not 1 < first < model.args.max_position_embeddings - eval_tokens:
+            continue
+        out = generate(model, ids[:first].tolist(), max_new_tokens=eval_tokens, **method)
+        prompts += 1
+        steps += out.stats["steps"]
+        tokens += out.stats["new_tokens"]
+        drafted += sum(out.stats["draft_tokens"])
+        accepted += sum(a - 1 for a in out.stats["accepted_lengths"])
+    return {"eval_prompts": prompts, "eval_tokens": eval_tokens, "mean_accepted": tokens / max(1, steps),
+            "acceptance_rate": accepted / max(1, drafted)}
 
 
 class Stop(Exception):
@@ -162,6 +208,7 @@ def train(objective: Objective, model: Transformer, data: TokenData, config: Tra
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total, config.warmup_steps, config.lr)
                 opt.zero_grad(set_to_none=True)
+                torch.manual_seed(config.seed * 1_000_003 + step)   # noise (EAGLE) is the same after a resume
                 sums, count = {}, 0
                 for i in batch:
                     ids, mask = data.item(i)

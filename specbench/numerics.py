@@ -1,0 +1,179 @@
+"""The one switch between the two numerics modes of a forward: "fast" and "batch_invariant".
+
+A forward over k new tokens must give each token the bits that k forwards over one token give it,
+or a lossless method's greedy output can differ from vanilla's (bf16 rounding flips near-ties).
+The model routes its three reductions (matrix multiply, RMSNorm, attention) and its one
+nonlinearity through this module, which picks, per mode and device:
+
+| | fast | batch_invariant |
+|---|---|---|
+| CPU matmul | the layer (`model.Linear`: oneDNN, prepacked) | `F.linear` on blocks of exactly `CPU_ROWS` rows (zero-padded) |
+| CPU RMSNorm | `RMSNorm` (torch) | the same: row-invariant as it is (measured, tests/test_numerics.py) |
+| CPU SiLU | `F.silu` | `F.silu` row by row |
+| CPU attention | `sdpa` over slots [0, start + n), masked (on an empty cache: causal) | per token, its keys in position order |
+| CUDA matmul / RMSNorm | cuBLAS / torch (fused by torch.compile) | Triton, fixed tiles (specbench_kernels) |
+| CUDA attention | Triton over the live slots only | Triton, per token in position order |
+
+Why each CPU choice (measured on this repository's machine, torch 2.13 with MKL / oneDNN): an
+`F.linear` row differs between a 1-row call (a matrix-vector kernel) and a k-row call in float32
+for every k, and in bfloat16 at some shapes; a call of exactly CPU_ROWS rows gives a row the same
+bits wherever it sits in the block. Vectorised elementwise kernels finish a tensor's tail with a
+scalar loop, and for float32 SiLU the two disagree in the last bit: a row computed alone sees the
+same split every time. SDPA gives a row alone other bits than the same row among 64 queries.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import SpecbenchError
+
+MODES = ("fast", "batch_invariant")
+CPU_ROWS = 8     # rows per F.linear call in batch_invariant mode on CPU
+
+
+def check_numerics(mode: str) -> str:
+    if mode not in MODES:
+        raise SpecbenchError(f"unknown numerics {mode!r}: choose one of {', '.join(MODES)}")
+    return mode
+
+
+def uses_kernels(t: torch.Tensor) -> bool:
+    """Whether work on `t` runs the Triton kernels: on CUDA (tests redirect CPU tensors here to run
+    them under TRITON_INTERPRET=1)."""
+    return t.is_cuda
+
+
+def _ops():
+    """The Triton kernels as custom operators (imported on first use: triton is optional)."""
+    from specbench_kernels import ops
+    return ops
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, mode: str) -> torch.Tensor:
+    if mode == "fast":
+        return layer(x)
+    if uses_kernels(x):
+        return _ops().matmul(x, layer.weight, layer.bias)
+    rows = x.shape[0]   # F.linear, not the layer: the facts above are MKL's, not prepacked oneDNN's
+    padded = torch.cat([x, x.new_zeros((-rows) % CPU_ROWS, x.shape[1])])
+    # each block is a fresh (aligned) tensor, so MKL takes the same path for every block
+    blocks = [F.linear(padded[i:i + CPU_ROWS].clone(), layer.weight, layer.bias) for i in range(0, padded.shape[0], CPU_ROWS)]
+    return torch.cat(blocks)[:rows]
+
+
+def rms_norm(x: torch.Tensor, norm: nn.Module, mode: str) -> torch.Tensor:
+    if mode == "batch_invariant" and uses_kernels(x):
+        return _ops().rms_norm(x, norm.weight, norm.eps)
+    return norm(x)
+
+
+def silu(x: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "fast" or uses_kernels(x):   # a CUDA elementwise kernel computes every element alike
+        return F.silu(x)
+    return torch.stack([F.silu(row.clone()) for row in x])
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+         causal: bool = False) -> torch.Tensor:
+    """PyTorch's attention of q [n, heads, d] over k, v [kv_heads, span, d] with mask [n, span]
+    (None: every key): fast mode's on CPU, and differentiable (training a draft uses it).
+
+    `causal` (mask None, span == n: a forward on an empty cache, i.e. prefill): query i sees keys
+    0..i, and SDPA skips the masked blocks instead of reading a materialised mask (prefill of 1,800
+    tokens on CPU, default model: 2.1 s of attention instead of 3.7 + 1.3 s). Otherwise the query
+    heads sharing a kv head run as one batch of (group x n) rows over it, so no k or v is copied
+    (SDPA's enable_gqa repeats them per query head on CPU, which at a 512-token cache cost more
+    than the layer's matrix products); query head h uses kv head h // group, as in
+    repeat_interleave.
+    """
+    n, heads, d = q.shape
+    kv_heads = k.shape[0]
+    if causal:
+        out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k[None], v[None], is_causal=True,
+                                             enable_gqa=heads != kv_heads)
+        return out[0].transpose(0, 1)
+    group = heads // kv_heads
+    if mask is not None and group > 1:
+        mask = mask.repeat(group, 1)      # row g * n + i is query i of the g-th head of a group
+    rows = q.transpose(0, 1).reshape(1, kv_heads, group * n, d)
+    out = F.scaled_dot_product_attention(rows, k[None], v[None], attn_mask=mask)
+    return out.reshape(heads, n, d).transpose(0, 1)
+
+
+def key_table(start: int | torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+    """[n, n] int32: entry (i, e) is the new token at depth e (position start + e) that token i
+    sees, -1 where there is none. Token i's keys in position order are then the committed slots
+    0 .. start-1 followed by start + table[i, 0 .. positions[i] - start]. Built with device ops
+    only (no host synchronisation), so a CUDA graph can capture it. `mask` [n, n] (None: causal)
+    must let each token see at most one token per position, as token trees do."""
+    n = positions.shape[0]
+    idx = torch.arange(n, device=positions.device)
+    sees = idx[:, None] >= idx[None, :] if mask is None else mask
+    depth = (positions - start)[None, :].expand(n, n)
+    col = torch.where(sees & (depth >= 0) & (depth < n), depth, n)     # column n: discarded
+    table = torch.full((n, n + 1), -1, dtype=torch.int32, device=positions.device)
+    table.scatter_(1, col, idx.to(torch.int32)[None, :].expand(n, n))
+    return table[:, :n].contiguous()
+
+
+class Attention:
+    """How the n new tokens of one forward attend over the cache, prepared once for all layers.
+
+    The new tokens sit at slots start .. start+n-1 and see every slot below `start` (an int, or a
+    one-element device tensor inside a CUDA graph) and each other through `mask` [n, n] (bool,
+    None = causal); `positions` [n] are theirs.
+    """
+
+    def __init__(self, mode: str, start: int | torch.Tensor, mask: torch.Tensor | None,
+                 positions: torch.Tensor):
+        self.mode, self.mask, self.positions = mode, mask, positions
+        n, device = positions.shape[0], positions.device
+        if uses_kernels(positions):
+            self.start = start.reshape(1) if isinstance(start, torch.Tensor) else \
+                torch.tensor([start], dtype=torch.long, device=device)
+            if mode == "batch_invariant":
+                self.table = key_table(self.start, mask, positions)
+            return
+        self.start = int(start)
+        if mode == "fast":
+            self.causal = mask is None and n > 1 and self.start == 0     # prefill: no mask to read
+            if mask is None and n > 1 and not self.causal:
+                mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+            self.full = None if mask is None else \
+                torch.cat([torch.ones(n, self.start, dtype=torch.bool, device=device), mask], dim=1)
+            return
+        table, committed = key_table(self.start, mask, positions), torch.arange(self.start)
+        self.keys = []       # per token: its key slots in position order
+        for i, p in enumerate(positions.tolist()):
+            if p < self.start:
+                self.keys.append(torch.arange(p + 1))
+            else:
+                tail = table[i, :p - self.start + 1].long()
+                self.keys.append(torch.cat([committed, self.start + tail[tail >= 0]]))
+
+    def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        """q [n, heads, d] -> [n, heads, d]; k_cache, v_cache [kv_heads, slots, d] (one layer)."""
+        if uses_kernels(q):
+            if self.mode == "fast":
+                return _ops().tree_attention(q, k_cache, v_cache, self.start, self.mask)
+            return _ops().invariant_attention(q, k_cache, v_cache, self.start, self.table, self.positions)
+        if self.mode == "fast":
+            span = self.start + q.shape[0]
+            return sdpa(q, k_cache[:, :span], v_cache[:, :span], self.full, self.causal)
+        return self._rows(q, k_cache, v_cache)
+
+    def _rows(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        """Each token alone: softmax(q k^T / sqrt(d)) v over its own keys, in float32 or wider."""
+        heads, d = q.shape[1], q.shape[2]
+        kv_heads = k_cache.shape[0]
+        wide = torch.promote_types(q.dtype, torch.float32)
+        out = torch.empty_like(q)
+        for i, slots in enumerate(self.keys):
+            qi = q[i].reshape(kv_heads, heads // kv_heads, d).to(wide, copy=True)
+            k = k_cache.index_select(1, slots).to(wide)
+            v = v_cache.index_select(1, slots).to(wide)
+            weights = (qi @ k.transpose(1, 2) * d ** -0.5).softmax(-1)
+            out[i] = (weights @ v).reshape(heads, d).to(q.dtype)
+        return out

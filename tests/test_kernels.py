@@ -1,0 +1,270 @@
+"""The Triton kernels (kernels/, imported as specbench_kernels) against their PyTorch references,
+and the batch-invariance property, under TRITON_INTERPRET=1 at small shapes.
+
+The interpreter runs the kernels' programs with numpy on the CPU: it checks what each program
+computes and reads, and that no program's work depends on how many rows the call has. The compiled
+kernels are checked at the default model's and a 7B model's shapes on a GPU by
+`python -m specbench_kernels.gpu_check OUTDIR`.
+"""
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TRITON_INTERPRET", "1")   # before triton compiles anything: no CPU backend
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import specbench  # noqa: E402
+from specbench import numerics  # noqa: E402
+from specbench_kernels import gpu_check, ops  # noqa: E402
+from specbench_kernels.attention import attention_reference, invariant_attention, tree_attention  # noqa: E402
+from specbench_kernels.matmul import BLOCK_M, matmul, matmul_reference  # noqa: E402
+from specbench_kernels.rmsnorm import rms_norm, rms_norm_reference  # noqa: E402
+
+from attention_cases import DTYPES, TOL, attention_case, randn, random_tree, rel_err  # noqa: E402, I001
+
+
+# ---- matrix multiply ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 5, BLOCK_M + 6])
+@pytest.mark.parametrize("bias", [False, True])
+def test_matmul_matches_reference(dtype, rows, bias):
+    x, w = randn(rows, 80, dtype=dtype), randn(100, 80, dtype=dtype, seed=1)   # K, N not tile multiples
+    b = randn(100, dtype=dtype, seed=2) if bias else None
+    assert rel_err(matmul(x, w, b), matmul_reference(x, w, b)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_rows_are_batch_invariant(dtype):
+    """A row's bits depend neither on how many rows the call has nor on where the row sits (the
+    interpreter emulates tl.dot row by row, see specbench_kernels._common.emulate_dots: numpy's
+    matmul gives row 23 of a tile other bits than row 0)."""
+    x, w = randn(BLOCK_M + 6, 80, dtype=dtype), randn(100, 80, dtype=dtype, seed=1)
+    full = matmul(x, w)
+    for rows in (1, 2, 17, BLOCK_M):
+        assert torch.equal(matmul(x[:rows], w), full[:rows])
+    for i in (3, 23, BLOCK_M + 5):      # the last row sits in the second row tile of the full call
+        assert torch.equal(matmul(x[i:i + 1], w), full[i:i + 1])
+
+
+# ---- RMSNorm --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", [32, 80])
+def test_rms_norm_matches_reference_and_is_batch_invariant(dtype, dim):
+    x, w = randn(9, dim, dtype=dtype) * 3, 1 + 0.1 * randn(dim, dtype=dtype, seed=1)
+    full = rms_norm(x, w, 1e-5)
+    assert rel_err(full, rms_norm_reference(x, w, 1e-5)) < TOL[dtype]
+    for i in (0, 8):
+        assert torch.equal(rms_norm(x[i:i + 1], w, 1e-5), full[i:i + 1])
+
+
+# ---- attention ------------------------------------------------------------------------------
+
+SHAPES = [(6, 2, 16), (4, 4, 8)]          # GQA with a group of 3 (padded to 4); MHA with d=8 (padded)
+LAYOUTS = [(0, 1), (0, 6), (45, 1), (45, 20), (100, 9)]    # (committed length, new tokens)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("start,n", LAYOUTS)
+def test_tree_attention_matches_reference(dtype, shape, start, n):
+    q, k, v, _, mask, _ = attention_case(dtype, *shape, start, n)
+    st = torch.tensor([start])
+    for m in (mask, None):    # a token tree; causal
+        out = tree_attention(q, k, v, st, m, split=32)     # 32-slot splits: up to 4 per row here
+        assert rel_err(out, attention_reference(q, k, v, start, m)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("start,n", LAYOUTS)
+def test_invariant_attention_matches_reference(dtype, shape, start, n):
+    q, k, v, _, mask, positions = attention_case(dtype, *shape, start, n)
+    st = torch.tensor([start])
+    out = invariant_attention(q, k, v, st, numerics.key_table(st, mask, positions), positions, split=32)
+    assert rel_err(out, attention_reference(q, k, v, start, mask)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_default_split(dtype):
+    """The shipped split size (256 slots) over a context that needs two splits."""
+    q, k, v, _, mask, positions = attention_case(dtype, 6, 2, 16, 300, 5, slots=320)
+    st = torch.tensor([300])
+    ref = attention_reference(q, k, v, 300, mask)
+    assert rel_err(tree_attention(q, k, v, st, mask), ref) < TOL[dtype]
+    table = numerics.key_table(st, mask, positions)
+    assert rel_err(invariant_attention(q, k, v, st, table, positions), ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_invariant_attention_tree_row_equals_the_token_alone(dtype, shape):
+    """Each token of a 14-node tree over 45 committed slots gets exactly the bits it gets when it
+    is the only new token and its ancestors are committed at slots equal to their positions (the
+    layout in which vanilla decoding computes it). The slot-order kernel, as a control, does not
+    (float32; in bf16 the output's rounding hides most differences)."""
+    start, n = 45, 14
+    q, k, v, parents, mask, positions = attention_case(dtype, *shape, start, n)
+    st = torch.tensor([start])
+    tree = invariant_attention(q, k, v, st, numerics.key_table(st, mask, positions), positions, split=32)
+    control = tree_attention(q, k, v, st, mask, split=32)
+    control_differs = 0
+    for i in range(n):
+        path = [i]
+        while parents[path[-1]] >= 0:
+            path.append(parents[path[-1]])
+        path.reverse()                                  # depth 0 .. the token itself
+        k1, v1 = k.clone(), v.clone()
+        k1[:, start:], v1[:, start:] = float("nan"), float("nan")
+        k1[:, start:start + len(path)] = k[:, [start + j for j in path]]
+        v1[:, start:start + len(path)] = v[:, [start + j for j in path]]
+        alone_at = torch.tensor([int(positions[i])])
+        alone = invariant_attention(q[i:i + 1], k1, v1, alone_at, torch.zeros(1, 1, dtype=torch.int32),
+                                    positions[i:i + 1], split=32)
+        assert torch.equal(alone, tree[i:i + 1]), i
+        if dtype == torch.float32:
+            alone = tree_attention(q[i:i + 1], k1, v1, alone_at, None, split=32)
+            control_differs += not torch.equal(alone, control[i:i + 1])
+    assert dtype != torch.float32 or control_differs > 0
+
+
+def test_key_table_lists_each_tokens_ancestors_by_depth():
+    parents, mask, depth = random_tree(12, seed=3)
+    table = numerics.key_table(7, mask, 7 + depth)
+    for i in range(12):
+        path = [i]
+        while parents[path[-1]] >= 0:
+            path.append(parents[path[-1]])
+        assert table[i].tolist() == path[::-1] + [-1] * (12 - len(path))
+    causal = numerics.key_table(torch.tensor([3]), None, torch.arange(3, 7))
+    assert causal.tolist() == [[0, -1, -1, -1], [0, 1, -1, -1], [0, 1, 2, -1], [0, 1, 2, 3]]
+
+
+def test_gpu_check_kernel_stage_runs_at_small_shapes(tmp_path):
+    """The GPU check's kernel stage, interpreted at tiny shapes: every check passes, a CSV results."""
+    rows = gpu_check.kernel_checks({"tiny": (32, 6, 2, 16, 48, 100)}, "cpu", rows=(1, 5, 70), starts=(0, 45),
+                                   news=(1, 9), slots=64)
+    assert len(rows) == 2 * (5 + 1 + 2 * 4) and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+    gpu_check.write_csv(tmp_path / "kernels.csv", rows)
+    assert (tmp_path / "kernels.csv").read_text().startswith("stage,kernel,model")
+
+
+COMPILE_FOR_H200 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from specbench_kernels import attention as at, matmul as mm, rmsnorm as rn
+
+def build(fn, types, consts):
+    sig = {a: "constexpr" if a in consts else types[a] for a in fn.arg_names}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(a),): v for a, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+
+for dt in ("bf16", "fp32"):
+    ints = lambda *names: {n: "i32" for n in names}
+    k = build(mm._matmul_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "OUT": "*" + dt,
+              **ints("M", "N", "K", "stride_xm", "stride_wn", "stride_om")},
+              {"HAS_BIAS": True, "EMULATE": False, "BM": 64, "BN": 64, "BK": 64})
+    assert ("wgmma" in k.asm["ptx"]) == (dt == "bf16")        # tensor cores for bf16; exact fp32 FMAs
+    build(rn._rms_norm_kernel, {"X": "*" + dt, "W": "*" + dt, "OUT": "*" + dt, "eps": "fp32",
+          **ints("D", "stride_x", "stride_o")}, {"BLOCK": 1024})
+    common = {"Q": "*" + dt, "K": "*" + dt, "V": "*" + dt, "START": "*i64", "PM": "*fp32", "PL": "*fp32",
+              "PACC": "*fp32", "scale": "fp32", **ints("n", "stride_qn", "stride_qh", "stride_kh", "stride_vh", "NSPLIT")}
+    for causal in (True, False):
+        build(at._tree_split_kernel, {**common, "MASK": "*i1", "stride_mask": "i32"},
+              {"GROUP": 3, "GPAD": 4, "BLOCK_T": 4, "BN": 64, "D": 64, "DPAD": 64, "SPLIT_": 256, "CAUSAL": causal,
+               "EMULATE": False})
+    build(at._invariant_split_kernel, {**common, "TAIL": "*i32", "POS": "*i64", "T": "i32"},
+          {"GROUP": 3, "GPAD": 16, "BN": 64, "D": 64, "DPAD": 64, "SPLIT_": 256, "EMULATE": False})
+    build(at._combine_kernel, {"PM": "*fp32", "PL": "*fp32", "PACC": "*fp32", "ENDS": "*i64", "OUT": "*" + dt,
+          **ints("n", "stride_on", "stride_oh", "NSPLIT")}, {"D": 64, "DPAD": 64, "SPLIT_": 256})
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_the_h200():
+    """The GPU branch of every kernel (which the interpreter never runs) compiles to sm_90 machine
+    code with triton's bundled ptxas, no GPU needed: at the default model's head shape, bf16 and
+    fp32. A fresh process: here the kernels are the interpreter's."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_H200], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+# ---- the custom operators the model calls ---------------------------------------------------
+
+def test_custom_ops_schemas_and_fake_tensors():
+    """torch.library's own checks: schema, fake (meta) implementation, tracing by AOT autograd;
+    what torch.compile relies on when the compiled decode step calls the kernels."""
+    x, w = randn(3, 32), randn(40, 32, seed=1)
+    q, k, v, _, mask, positions = attention_case(torch.float32, 4, 2, 16, 10, 4, slots=32)
+    k, v = k.nan_to_num(), v.nan_to_num()
+    st = torch.tensor([10])
+    cases = [(ops.matmul, (x, w, None)), (ops.rms_norm, (x, w[0], 1e-5)),
+             (ops.tree_attention, (q, k, v, st, mask)),
+             (ops.invariant_attention, (q, k, v, st, numerics.key_table(st, mask, positions), positions))]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+# ---- the model on the Triton path -----------------------------------------------------------
+
+@pytest.fixture
+def kernels_on_cpu(monkeypatch):
+    """Run the model's reductions through the Triton kernels (interpreted) on CPU tensors."""
+    monkeypatch.setattr(numerics, "uses_kernels", lambda t: True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", numerics.MODES)
+def test_model_on_kernels_matches_float64(kernels_on_cpu, monkeypatch, dtype, mode):
+    """Logits of a prefill and a tree step through the kernels are as close to the float64 model's
+    as the PyTorch path's are. In bf16 rounding compounds over the layers: measured 0.013-0.024
+    through the kernels, 0.015 through PyTorch (max error relative to the largest logit)."""
+    exact_model = specbench.random_model(vocab_size=64, num_layers=2, hidden_size=32, seed=3, dtype="float64")
+    model = specbench.random_model(vocab_size=64, num_layers=2, hidden_size=32, seed=3, dtype=dtype, numerics=mode)
+    prompt = torch.arange(11) % 64
+    parents, mask, depth = random_tree(7, seed=4)
+    tree_tokens = torch.arange(20, 27)
+
+    def run(m):
+        cache = m.new_cache(32)
+        first = m(prompt, torch.arange(11), cache).logits
+        cache.length = 11
+        return torch.cat([first, m(tree_tokens, 11 + depth, cache, mask).logits])
+
+    on_kernels = run(model)
+    monkeypatch.setattr(numerics, "uses_kernels", lambda t: False)
+    exact = run(exact_model)
+    assert rel_err(on_kernels, exact) < {torch.float32: 1e-5, torch.bfloat16: 4e-2}[dtype]
+    assert rel_err(run(model), exact) < {torch.float32: 1e-5, torch.bfloat16: 4e-2}[dtype]
+
+
+def test_model_on_kernels_lookahead_equals_vanilla_bitwise(kernels_on_cpu):
+    """batch_invariant through the kernels: a tree step's logits equal one-token forwards', bit
+    for bit, so lookahead's greedy output is vanilla's."""
+    model = specbench.random_model(vocab_size=64, num_layers=2, hidden_size=32, seed=3, dtype="bfloat16",
+                                   numerics="batch_invariant")
+    prompt = [5, 9, 3, 5, 9, 3, 7, 1]
+    ref = specbench.generate(model, prompt, "vanilla", max_new_tokens=6)
+    out = specbench.generate(model, prompt, "lookahead", max_new_tokens=6, W=3, N=3, G=3)
+    assert out.token_ids == ref.token_ids
+    # one tree step against one-token forwards over the same committed text
+    parents, mask, depth = random_tree(6, seed=5)
+    tokens = torch.tensor([11, 12, 13, 14, 15, 16])
+    cache = model.new_cache(32)
+    model(torch.tensor(prompt), torch.arange(8), cache, stop_layer=2)
+    cache.length = 8
+    tree_logits = model(tokens, 8 + depth, cache, mask).logits
+    for i in range(6):
+        path = [i]
+        while parents[path[-1]] >= 0:
+            path.append(parents[path[-1]])
+        cache.length = 8
+        for j in path[::-1]:
+            logits = model(tokens[j:j + 1], torch.tensor([cache.length]), cache).logits
+            cache.length += 1
+        assert torch.equal(logits[0], tree_logits[i]), i
