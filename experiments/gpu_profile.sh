@@ -11,6 +11,12 @@
 set -euo pipefail
 out=${1:?usage: bash experiments/gpu_profile.sh OUT_DIR}
 mkdir -p "$out"
+# the Triton kernels (kernels/, imported as specbench_kernels) run every CUDA forward: outside an
+# install, link them under that name
+if ! python3 -c "import specbench_kernels" 2> /dev/null; then
+  mkdir -p /tmp/sk && ln -sfn "$PWD/kernels" /tmp/sk/specbench_kernels
+  export PYTHONPATH="/tmp/sk:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 if [ ! -f "$out/test_cuda_graph.txt" ]; then
   python3 -m pytest tests/test_cuda_graph.py -q -p no:cacheprovider > "$out/test_cuda_graph.part" 2>&1 \
     || { cat "$out/test_cuda_graph.part"; exit 1; }
