@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,4 +153,5 @@ def test_default_model_cached_load(default_model):
         assert torch.equal(a, b), k
     assert elapsed < 6.0, f"second load took {elapsed:.1f} s"
     record = json.loads((entry / weights_cache.ENTRY_FILE).read_text())
-    assert record["source"] == str(loading.default_model_path().resolve())
+    # the entry is keyed by the file's content: another checkout's copy of the same file may have written it
+    assert Path(record["source"]).name == loading.default_model_path().name

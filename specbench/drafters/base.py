@@ -23,19 +23,13 @@ PROBE_ROWS = (0, 1, 2, 3, 5, 8, 13, 21)   # embedding rows whose first 8 values 
 MAX_FILE_BYTES = 16_000_000                # the most one shipped file may hold
 
 
-def model_label(model: Transformer) -> str | None:
-    """The file or folder the model came from (for cards; never compared)."""
-    src = getattr(model, "hf_source", None) or {}
-    return src.get("gguf_file") or (src.get("pretrained_model_name_or_path") or "").rstrip("/").split("/")[-1] or None
-
-
 def target_signature(model: Transformer) -> dict:
     """Dimensions plus a probe of the embedding: two models with the same shapes but other weights
     (another fine-tune) must not share a drafter silently."""
     a = model.args
     rows = [r for r in PROBE_ROWS if r < a.vocab_size]
     probe = model.embed.weight[rows, :8].detach().float().cpu()
-    return {"name": model_label(model), "hidden_size": a.hidden_size, "vocab_size": a.vocab_size,
+    return {"name": getattr(model, "name", None), "hidden_size": a.hidden_size, "vocab_size": a.vocab_size,
             "num_layers": a.num_layers, "embed_probe": [round(x, 5) for x in probe.flatten().tolist()]}
 
 
