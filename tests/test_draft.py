@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import specbench
+from sampled_data import own_samples
 from specbench import engine
 from specbench.cli import main
 from specbench.drafters import SHIPPED
@@ -15,7 +16,6 @@ from specbench.drafters.base import MAX_FILE_BYTES, read_shards, write_shards
 from specbench.drafters.draft import DraftLayers, first_layers
 from specbench.strategies import make_proposer
 from specbench.train import Stop, TrainConfig, train_drafter
-from specbench.train.data import TokenData
 from specbench.train.distill import DIVERGENCES, divergence
 
 
@@ -33,13 +33,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def tiny_data(tiny):
     """The tiny target's own sampled continuations (on-policy data, as self-distillation gives)."""
-    tokens, masks = [], []
-    for s in range(20):
-        prompt = [(s * 7 + i) % 16 for i in range(4)]
-        out = specbench.generate(tiny, prompt, max_new_tokens=30, temperature=1.0, seed=s).token_ids
-        tokens.append(prompt + out)
-        masks.append([False] * 4 + [True] * len(out))
-    return TokenData.from_lists(tokens, masks, {"source": "test", "vocab_size": 16})
+    return own_samples(tiny)
 
 
 def config(**kw) -> TrainConfig:

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import specbench
+from sampled_data import own_samples
 from specbench.drafters.base import frequent_tokens
 from specbench.drafters.eagle import EagleDraft
 from specbench.strategies import eagle as eagle_strategy
 from specbench.train import TrainConfig, train_drafter
-from specbench.train.data import TokenData
 
 SHIPPED = Path(specbench.drafters.__file__).parent / "shipped" / "eagle" / "config.json"
 
@@ -26,13 +26,8 @@ def target():
 def trained(target, tmp_path_factory):
     """A draft trained on the target's own samples: deep acceptances, so every path of the
     draft-cache bookkeeping (several committed rows per step) is exercised."""
-    tokens, masks = [], []
-    for s in range(24):
-        prompt = [(s * 5 + i * (s % 3 + 1)) % 16 for i in range(4)]
-        out = specbench.generate(target, prompt, max_new_tokens=40, temperature=0.5, seed=s).token_ids
-        tokens.append(prompt + out)
-        masks.append([False] * 4 + [True] * len(out))
-    data = TokenData.from_lists(tokens, masks, {"source": "test", "vocab_size": 16})
+    data = own_samples(target, 24, new_tokens=40, temperature=0.5,
+                       prompt=lambda s: [(s * 5 + i * (s % 3 + 1)) % 16 for i in range(4)])
     config = TrainConfig(kind="eagle", epochs=8, lr=2e-2, batch_size=4, warmup_steps=2, validation=4)
     folder = train_drafter(target, config, tmp_path_factory.mktemp("eagle") / "d", data=data, eval_tokens=16,
                            progress=False)

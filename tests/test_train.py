@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import specbench
+from sampled_data import own_samples
 from specbench.bench import sharegpt_is_heldout
 from specbench.bench.datasets import _sharegpt_conversations
 from specbench.cli import main
@@ -23,13 +24,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def tiny_data(tiny):
     """The tiny model's own sampled continuations: a signal heads can learn."""
-    tokens, masks = [], []
-    for s in range(20):
-        prompt = [(s * 7 + i) % 16 for i in range(4)]
-        out = specbench.generate(tiny, prompt, max_new_tokens=30, temperature=1.0, seed=s).token_ids
-        tokens.append(prompt + out)
-        masks.append([False] * 4 + [True] * len(out))
-    return TokenData.from_lists(tokens, masks, {"source": "test", "vocab_size": 16})
+    return own_samples(tiny)
 
 
 def config(**kw) -> TrainConfig:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,14 +148,21 @@ def sharegpt_tokens(model: Transformer, conversations: int, max_len: int) -> Tok
     """ShareGPT through the target's chat template (the `sharegpt` training data)."""
     if model.tokenizer is None:
         raise SpecbenchError("training on ShareGPT needs a model with a tokenizer (or pass a token file)")
+    return chat_token_data(model, training_conversations(conversations), max_len, "sharegpt")
+
+
+def chat_token_data(model: Transformer, chats: Iterable[tuple[str, list[dict]]], max_len: int,
+                    source: str) -> TokenData:
+    """(conversation id, messages) pairs through the target's chat template; a conversation with no
+    assistant token within `max_len` is dropped."""
     tokens, masks, ids = [], [], []
-    for cid, messages in training_conversations(conversations):
+    for cid, messages in chats:
         t, m = encode_chat(model.tokenizer, messages, max_len)
         if any(m):
             tokens.append(t)
             masks.append(m)
             ids.append(cid)
-    meta = {"source": "sharegpt", "conversations": len(tokens), "max_len": max_len,
+    meta = {"source": source, "conversations": len(tokens), "max_len": max_len,
             "vocab_size": model.args.vocab_size, "model": getattr(model, "name", None), "ids": ids}
     return TokenData.from_lists(tokens, masks, meta)
 
@@ -210,14 +218,5 @@ def self_distill(model: Transformer, conversations: int, max_len: int, batch_siz
                     row = row[:row.index(tok.eos_token_id)]
                 chats[i] = chat + [{"role": "assistant", "content": tok.decode(row, skip_special_tokens=True)}]
         turn += 1
-    tokens, masks, ids = [], [], []
-    for (cid, _), chat in zip(convs, chats):
-        if chat and chat[-1]["role"] == "assistant":
-            t, m = encode_chat(tok, chat, max_len)
-            if any(m):
-                tokens.append(t)
-                masks.append(m)
-                ids.append(cid)
-    meta = {"source": "self_distill", "conversations": len(tokens), "max_len": max_len,
-            "vocab_size": model.args.vocab_size, "model": getattr(model, "name", None), "ids": ids}
-    return TokenData.from_lists(tokens, masks, meta)
+    answered = ((cid, chat) for (cid, _), chat in zip(convs, chats) if chat and chat[-1]["role"] == "assistant")
+    return chat_token_data(model, answered, max_len, "self_distill")
