@@ -95,10 +95,12 @@ def load_drafter(path: str | os.PathLike, model: Transformer, kind: str | None =
 def shipped_drafter(model: Transformer, kind: str) -> Drafter:
     """The drafter of `kind` committed for this model, or one line naming the training command."""
     folder = SHIPPED / kind
-    if (folder / "config.json").is_file():
-        target = read_json(folder / "config.json").get("target") or {}
-        if signature_mismatch(target, model) is None:
-            return load_drafter(folder, model, kind)
+    if not (folder / "config.json").is_file():
+        raise SpecbenchError(f"no {kind} drafter ships with specbench yet: train one with "
+                             f"`specbench train {kind} --out DIR` and pass drafter=DIR")
+    target = read_json(folder / "config.json").get("target") or {}
+    if signature_mismatch(target, model) is None:
+        return load_drafter(folder, model, kind)
     raise SpecbenchError(f"no {kind} drafter ships for this model (only for the default SmolLM2-135M-Instruct): "
                          f"train one with `specbench train {kind} --model PATH --out DIR` and pass drafter=DIR")
 
