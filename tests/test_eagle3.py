@@ -180,3 +180,18 @@ def test_default_model_greedy_identical(default_model):
     vanilla = specbench.generate(default_model, prompt, max_new_tokens=16)
     out = specbench.generate(default_model, prompt, method="eagle3", drafter=drafter, max_new_tokens=16)
     assert out.token_ids == vanilla.token_ids
+
+
+def test_cli_export_writes_the_serving_layout(default_model, tmp_path, capsys):
+    from specbench.cli import main
+    drafter = specbench.random_drafter(default_model, "eagle3", seed=2)
+    drafter.save(tmp_path / "ours")
+    assert main(["export", "--drafter", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a drafter folder" in err[0] and not (tmp_path / "x").exists()
+    assert main(["export", "--drafter", str(tmp_path / "ours"), "--out", str(tmp_path / "serving")]) == 0
+    assert json.loads((tmp_path / "serving" / "config.json").read_text())["draft_vocab_size"] == 8192
+    loaded = specbench.load_drafter(tmp_path / "serving", default_model)
+    assert loaded.target_layers == (2, 15, 27)
+    torch.testing.assert_close(loaded.draft_ids, drafter.draft_ids)
+    torch.testing.assert_close(loaded.fc.weight, drafter.fc.weight, atol=1e-2, rtol=1e-2)   # fp16 -> bf16
