@@ -17,7 +17,8 @@ The serving layout, read in (names and config keys only):
   `lm_head.weight` [draft_vocab_size, D], `d2t` as draft_id_to_target_id (target = draft + d2t),
   skips `t2d`, and takes `embed_tokens` from the target when the folder has none; the decoder layer
   normalises the embedding with `input_layernorm` and the hidden state with `hidden_norm`, the
-  embedding first in the concatenation.
+  embedding first in the concatenation; its `vllm/model_executor/models/registry.py` maps the
+  architecture `LlamaForCausalLMEagle3` to that class.
 - sgl-project/sglang `python/sglang/srt/models/llama_eagle3.py`: LlamaForCausalLMEagle3, the same
   names (`midlayer`, `fc` with bias only when config `bias`), `hot_token_id = d2t + arange`, and an
   LM head tied to the embedding when `tie_word_embeddings` is true (so we write false).
