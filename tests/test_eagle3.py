@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import specbench
+from sampled_data import own_samples
 from specbench.drafters.eagle3 import Eagle3Draft, fused_layers
 from specbench.strategies import eagle as eagle_strategy
 from specbench.train import TrainConfig, train_drafter
-from specbench.train.data import TokenData
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +22,8 @@ def target():
 def trained(target, tmp_path_factory):
     """A draft of 12 of the 16 tokens trained on the target's own samples with training-time
     test: deep acceptances, so every path of the draft-cache bookkeeping is exercised."""
-    tokens, masks = [], []
-    for s in range(24):
-        prompt = [(s * 5 + i * (s % 3 + 1)) % 16 for i in range(4)]
-        out = specbench.generate(target, prompt, max_new_tokens=40, temperature=0.5, seed=s).token_ids
-        tokens.append(prompt + out)
-        masks.append([False] * 4 + [True] * len(out))
-    data = TokenData.from_lists(tokens, masks, {"source": "test", "vocab_size": 16})
+    data = own_samples(target, 24, new_tokens=40, temperature=0.5,
+                       prompt=lambda s: [(s * 5 + i * (s % 3 + 1)) % 16 for i in range(4)])
     config = TrainConfig(kind="eagle3", epochs=6, lr=2e-2, batch_size=4, warmup_steps=2, validation=4,
                          drafter={"draft_vocab_size": 12}, objective={"ttt_steps": 3})
     folder = train_drafter(target, config, tmp_path_factory.mktemp("eagle3") / "d", data=data, eval_tokens=16,
