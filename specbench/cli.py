@@ -60,7 +60,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--draft", default=None,
                    help="sps draft: a model path, target:K (the target's first K layers) or target "
                         "(default: the draft shipped for the default model; = --option draft=...)")
-    p.add_argument("--drafter", default=None, help="drafter folder for medusa or eagle (default: the one shipped "
+    p.add_argument("--drafter", default=None, help="drafter folder for medusa, eagle or eagle3 (default: the one shipped "
                                                    "for the default model; = --option drafter=PATH)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)

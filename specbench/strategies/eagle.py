@@ -33,10 +33,12 @@ with one transfer per step.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..cuda_graph import BUCKETS
-from ..drafters import resolve_drafter
+from ..drafters import Drafter, resolve_drafter
 from ..drafters.base import frequent_tokens
 from ..drafters.eagle import EagleDraft
 from ..drafters.eagle3 import Eagle3Draft
@@ -276,7 +278,7 @@ class Eagle(Proposer):
     """
     kind = "eagle"
 
-    def __init__(self, model: Transformer, drafter=None, tree: str | list = "dynamic", depth: int | None = None,
+    def __init__(self, model: Transformer, drafter: Path | Drafter | None = None, tree: str | list = "dynamic", depth: int | None = None,
                  draft_top_k: int | None = None, total_tokens: int | None = None, draft_vocab: int | None = None):
         self.setup(model, drafter, tree, depth, draft_top_k, total_tokens, draft_vocab)
 
@@ -386,7 +388,7 @@ class Eagle3(Eagle):
     """
     kind = "eagle3"
 
-    def __init__(self, model: Transformer, drafter=None, tree: str | list = "dynamic", depth: int | None = None,
+    def __init__(self, model: Transformer, drafter: Path | Drafter | None = None, tree: str | list = "dynamic", depth: int | None = None,
                  draft_top_k: int | None = None, total_tokens: int | None = None):
         self.setup(model, drafter, tree, depth, draft_top_k, total_tokens, None)
         width = len(self.drafter.draft_ids)
