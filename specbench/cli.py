@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 from .errors import SpecbenchError
@@ -59,7 +60,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--draft", default=None,
                    help="sps draft: a model path, target:K (the target's first K layers) or target "
                         "(default: the draft shipped for the default model; = --option draft=...)")
-    p.add_argument("--drafter", default=None, help="drafter folder for medusa or eagle (default: the one shipped "
+    p.add_argument("--drafter", default=None, help="drafter folder for medusa, eagle or eagle3 (default: the one shipped "
                                                    "for the default model; = --option drafter=PATH)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -105,10 +106,15 @@ def _generate(args) -> int:
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write a model (e.g. a compact draft folder) as a self-contained "
-                                      "Hugging Face folder")
-    p.add_argument("--model", default=None, help="anything load_model reads, e.g. a folder from `specbench train draft`")
+                                      "Hugging Face folder, or a drafter in its official layout")
+    p.add_argument("--model", default=None, help="anything load_model reads, e.g. a folder from `specbench train draft`; "
+                                                 "with --drafter, its target")
+    p.add_argument("--drafter", default=None,
+                   help="a drafter folder (`specbench train medusa|eagle|eagle3`) to write in its official layout: "
+                        "FasterDecoding Medusa, SafeAILab EAGLE, or for eagle3 the SpecForge folder SGLang and vLLM load")
     p.add_argument("--out", required=True, help="new folder: config.json, model.safetensors, tokenizer files")
-    p.add_argument("--dtype", default="float32", help="dtype of the written weights")
+    p.add_argument("--dtype", default="float32", help="dtype of the written model weights (a drafter layout keeps its own: "
+                                                     "fp16, eagle3 bf16)")
     add_verbose(p)
 
 
@@ -116,9 +122,16 @@ def _export(args) -> int:
     from .checks import check_dtype
     from .loading import load_with_status, locate_model, new_folder, save_model
     check_dtype(args.dtype)
+    if args.drafter is not None and not (Path(args.drafter) / "config.json").is_file():
+        raise SpecbenchError(f"not a drafter folder (no config.json): {args.drafter}")
     new_folder(args.out)
     source = locate_model(args.model, args.verbose)
-    folder = save_model(load_with_status(source, "cpu", args.dtype), args.out)
+    if args.drafter is not None:
+        from .drafters import load_drafter
+        model = load_with_status(source, "cpu", "float32")
+        folder = load_drafter(args.drafter, model).export_official(args.out, model)
+    else:
+        folder = save_model(load_with_status(source, "cpu", args.dtype), args.out)
     print(f"wrote {folder}", file=sys.stderr)
     return 0
 

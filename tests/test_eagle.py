@@ -283,17 +283,18 @@ def test_default_model_greedy_identical(default_model, tree):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
+@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
 @pytest.mark.parametrize("tree", ["dynamic", "static"])
-def test_cuda_graphed_draft_step(tree, monkeypatch):
+def test_cuda_graphed_draft_step(tree, kind, monkeypatch):
     """On CUDA the captured draft step drafts the same trees as the eager step, and greedy
-    decoding with it gives vanilla's tokens (float64: no rounding differences between forwards)."""
+    decoding with it gives vanilla's tokens (EAGLE and EAGLE-3) (float64: no rounding differences between forwards)."""
     monkeypatch.setenv("SPECBENCH_COMPILE", "0")
     target = specbench.random_model(vocab_size=64, num_layers=3, hidden_size=64, seed=3, dtype="float64").to("cuda")
     prompt = [(3 * i) % 64 for i in range(20)]
     vanilla = specbench.generate(target, prompt, max_new_tokens=60).token_ids
     options = {"tree": tree, "depth": 4, "draft_top_k": 4, "total_tokens": 20, "max_new_tokens": 60}
     seen = record_trees(monkeypatch)
-    graphed = specbench.generate(target, prompt, method="eagle", drafter=specbench.random_drafter(target, "eagle", seed=1),
+    graphed = specbench.generate(target, prompt, method=kind, drafter=specbench.random_drafter(target, kind, seed=1),
                                  **options)
     assert graphed.token_ids == vanilla
     trees = list(seen)
@@ -301,6 +302,6 @@ def test_cuda_graphed_draft_step(tree, monkeypatch):
     monkeypatch.setattr(eagle_strategy, "GraphedDraftStep",
                         lambda model, drafter, plan, size, vocab, pending:
                         eagle_strategy.DraftStep(model, drafter, plan, size, vocab))
-    eager = specbench.generate(target, prompt, method="eagle", drafter=specbench.random_drafter(target, "eagle", seed=1),
+    eager = specbench.generate(target, prompt, method=kind, drafter=specbench.random_drafter(target, kind, seed=1),
                                **options)
     assert eager.token_ids == vanilla and seen == trees

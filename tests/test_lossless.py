@@ -43,7 +43,7 @@ def method_options(method: str, draft, target) -> dict:
     if method == "medusa":   # a drafter is made for one target: drawn for this one
         return {"drafter": specbench.random_drafter(target, "medusa", seed=0), "tree": 12}
     if method.startswith("eagle"):
-        return {"drafter": specbench.random_drafter(target, "eagle", seed=0), "tree": method.split("_")[1],
+        return {"drafter": specbench.random_drafter(target, method_name(method), seed=0), "tree": method.split("_")[1],
                 "depth": 3, "draft_top_k": 4, "total_tokens": 12}
     return {"pld": {"max_ngram": 3, "num_draft": 4},
             "sps": {"draft": draft, "num_draft": 3},
@@ -55,8 +55,8 @@ LOSSLESS = ["pld", "sps", "early_exit", "lookahead", "medusa", "eagle_static", "
 
 
 def method_name(label: str) -> str:
-    """eagle_static / eagle_dynamic are one method with two trees."""
-    return "eagle" if label.startswith("eagle") else label
+    """eagle_static / eagle_dynamic are one method with two trees (eagle3_dynamic: method eagle3)."""
+    return label.split("_")[0] if label.startswith("eagle") else label
 
 
 def check(target, prompt, method, params, **options):
@@ -76,6 +76,15 @@ def test_sampling_matches_vanilla(target, prompt, draft, method, temperature, to
     multi = sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats)
     assert drafted > 0 and multi > 0, "the check is vacuous: nothing was drafted or accepted"
     assert pvalue > ALPHA, f"{method} output distribution differs from vanilla (p = {pvalue:.2e})"
+
+
+def test_eagle3_sampling_matches_vanilla(target, prompt):
+    """EAGLE-3 (its own draft head and hidden-state feedback; the same trees and verifier as
+    EAGLE-2, so one setting of the processors suffices): temperature 1 with top-k 5."""
+    pvalue, stats = check(target, prompt, "eagle3", SamplingParams(1.0, 5, 1.0),
+                          **method_options("eagle3_dynamic", None, target))
+    assert sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats) > 0, "vacuous: nothing accepted"
+    assert pvalue > ALPHA, f"eagle3 output distribution differs from vanilla (p = {pvalue:.2e})"
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +162,12 @@ def without_residual(tree, p, greedy, rng):
             return VerifyResult(path, rng.categorical(p[row]))
 
 
-def test_negative_control_tree_without_residual_fails(target, prompt, monkeypatch):
+@pytest.mark.parametrize("method", ["eagle_dynamic", "eagle3_dynamic"])
+def test_negative_control_tree_without_residual_fails(target, prompt, method, monkeypatch):
     """EAGLE's sibling trees need the residual update: the same check rejects a verifier without it
-    (the dynamic tree; the static one goes through the same verifier)."""
+    (the dynamic trees; the static one goes through the same verifier)."""
     monkeypatch.setattr(specbench.engine, "verify_tree", without_residual)
-    pvalue, _ = check(target, prompt, "eagle", SamplingParams(1.0), **method_options("eagle_dynamic", None, target))
+    pvalue, _ = check(target, prompt, method_name(method), SamplingParams(1.0), **method_options(method, None, target))
     assert pvalue < ALPHA
 
 

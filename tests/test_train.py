@@ -60,14 +60,20 @@ def test_loss_mask_covers_exactly_the_assistant_turns(default_model):
     assert len(short_ids) == 20 and short_ids == ids[:20] and short_mask == mask[:20]
 
 
-@pytest.mark.parametrize("kind", ["medusa", "eagle"])   # eagle: random init and feature noise
+def kind_config(kind: str, **kw) -> TrainConfig:
+    """eagle3 with 3 training-time-test steps and a draft vocabulary of 12 of the 16 tokens."""
+    extra = {"drafter": {"draft_vocab_size": 12}, "objective": {"ttt_steps": 3}} if kind == "eagle3" else {}
+    return config(kind=kind, **extra, **kw)
+
+
+@pytest.mark.parametrize("kind", ["medusa", "eagle", "eagle3"])   # eagle: random init and feature noise
 def test_resume_after_kill_reaches_the_same_loss(tiny, tiny_data, tmp_path, kind):
-    straight = train_drafter(tiny, config(kind=kind), tmp_path / "straight", data=tiny_data, eval_tokens=8,
+    straight = train_drafter(tiny, kind_config(kind), tmp_path / "straight", data=tiny_data, eval_tokens=8,
                              progress=False)
     with pytest.raises(Stop):
-        train_drafter(tiny, config(kind=kind), tmp_path / "killed", data=tiny_data, eval_tokens=8, progress=False,
+        train_drafter(tiny, kind_config(kind), tmp_path / "killed", data=tiny_data, eval_tokens=8, progress=False,
                       stop_after=6)
-    resumed = train_drafter(tiny, config(kind=kind), tmp_path / "killed", data=tiny_data, eval_tokens=8,
+    resumed = train_drafter(tiny, kind_config(kind), tmp_path / "killed", data=tiny_data, eval_tokens=8,
                             progress=False)
     a = [json.loads(r) for r in (straight / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(r) for r in (resumed / "metrics.jsonl").read_text().splitlines()]
@@ -80,10 +86,10 @@ def test_resume_after_kill_reaches_the_same_loss(tiny, tiny_data, tmp_path, kind
     assert "Mean accepted tokens" in card and (resumed / "loss.png").is_file()
 
 
-@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+@pytest.mark.parametrize("kind", ["medusa", "eagle", "eagle3"])
 def test_training_improves_the_drafter(tiny, tiny_data, tmp_path, kind):
     """Trained drafters agree with the target far more often than their start does."""
-    out = train_drafter(tiny, config(kind=kind, epochs=6), tmp_path / "t", data=tiny_data, eval_tokens=16,
+    out = train_drafter(tiny, kind_config(kind, epochs=6), tmp_path / "t", data=tiny_data, eval_tokens=16,
                         progress=False)
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     first, last = (sum(r["loss"] for r in part) / 3 for part in (rows[:3], rows[-3:]))
@@ -125,6 +131,9 @@ def test_malformed_and_foreign_token_files(tiny, tmp_path):
     (["train", "medusa", "--out", "X", "--dtype", "float8"], "unknown dtype"),
     (["train", "medusa", "--out", "X", "--epochs", "0"], "epochs and lr"),
     (["train", "eagle", "--out", "X", "--data", "nope.npz"], "--data must be"),
+    (["train", "eagle3", "--out", "X", "--draft-vocab", "0"], "draft-vocab must be an integer >= 1, got 0"),
+    (["train", "eagle3", "--out", "X", "--ttt-steps", "0"], "ttt-steps must be an integer >= 1, got 0"),
+    (["train", "eagle3", "--out", "X", "--features", "low"], "invalid choice: 'low'"),
 ])
 def test_cli_bad_input_is_one_line(argv, match, capsys, tmp_path):
     argv = [a if a != "X" else str(tmp_path / "out") for a in argv]

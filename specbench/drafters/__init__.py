@@ -1,4 +1,4 @@
-"""Learned drafters (Medusa heads, EAGLE drafts, distilled draft models for sps): loading, random
+"""Learned drafters (Medusa heads, EAGLE-1/2 and EAGLE-3 drafts, distilled draft models for sps): loading, random
 ones for tests, shipped ones.
 
     d = specbench.load_drafter(path, model)             # our layout or an official one
@@ -21,9 +21,11 @@ from ..model import Transformer
 from .base import FORMAT, Drafter, read_json, read_shards, signature_mismatch, target_signature
 from .draft import DraftLayers, load_draft
 from .eagle import EagleDraft
+from .eagle3 import Eagle3Draft
 from .medusa import MedusaHeads
 
-DRAFTERS: dict[str, type[Drafter]] = {"medusa": MedusaHeads, "draft": DraftLayers, "eagle": EagleDraft}
+DRAFTERS: dict[str, type[Drafter]] = {"medusa": MedusaHeads, "draft": DraftLayers, "eagle": EagleDraft,
+                                     "eagle3": Eagle3Draft}
 SHIPPED = Path(__file__).parent / "shipped"
 
 
@@ -53,7 +55,8 @@ def random_drafter(model: Transformer, kind: str, seed: int = 0, **config) -> Dr
 
 def load_drafter(path: str | os.PathLike, model: Transformer, kind: str | None = None) -> Drafter:
     """A drafter folder for `model`: our layout (config.json with format specbench-drafter) or an
-    official one (FasterDecoding Medusa, SafeAILab EAGLE-1/2). Refuses one made for another model."""
+    official one (FasterDecoding Medusa, SafeAILab EAGLE-1/2, SpecForge / SGLang / vLLM EAGLE-3).
+    Refuses one made for another model."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise SpecbenchError(f"drafter folder not found: {path}")
@@ -77,11 +80,13 @@ def load_drafter(path: str | os.PathLike, model: Transformer, kind: str | None =
             raise SpecbenchError(f"{folder}: weights do not match config.json: {str(e).splitlines()[0]}") from e
     elif "medusa_num_heads" in config:
         drafter = MedusaHeads.from_official(folder, model)
+    elif Eagle3Draft.is_official(config):
+        drafter = Eagle3Draft.from_official(folder, model)
     elif EagleDraft.is_official(config):
         drafter = EagleDraft.from_official(folder, model)
     else:
         raise SpecbenchError(f"{folder / 'config.json'} is neither a specbench drafter nor an official "
-                             f"Medusa or EAGLE layout")
+                             f"Medusa, EAGLE or EAGLE-3 layout")
     if kind is not None and drafter.kind != kind:
         raise SpecbenchError(f"{folder} holds a {drafter.kind} drafter, not a {kind} one")
     return _place(drafter, model)
@@ -90,10 +95,12 @@ def load_drafter(path: str | os.PathLike, model: Transformer, kind: str | None =
 def shipped_drafter(model: Transformer, kind: str) -> Drafter:
     """The drafter of `kind` committed for this model, or one line naming the training command."""
     folder = SHIPPED / kind
-    if (folder / "config.json").is_file():
-        target = read_json(folder / "config.json").get("target") or {}
-        if signature_mismatch(target, model) is None:
-            return load_drafter(folder, model, kind)
+    if not (folder / "config.json").is_file():
+        raise SpecbenchError(f"no {kind} drafter ships with specbench yet: train one with "
+                             f"`specbench train {kind} --out DIR` and pass drafter=DIR")
+    target = read_json(folder / "config.json").get("target") or {}
+    if signature_mismatch(target, model) is None:
+        return load_drafter(folder, model, kind)
     raise SpecbenchError(f"no {kind} drafter ships for this model (only for the default SmolLM2-135M-Instruct): "
                          f"train one with `specbench train {kind} --model PATH --out DIR` and pass drafter=DIR")
 
@@ -118,5 +125,5 @@ def resolve_drafter(drafter, model: Transformer, kind: str) -> Drafter:
                          f"got {type(drafter).__name__}")
 
 
-__all__ = ["DRAFTERS", "Drafter", "DraftLayers", "EagleDraft", "MedusaHeads", "load_draft", "load_drafter", "random_drafter",
+__all__ = ["DRAFTERS", "Drafter", "DraftLayers", "Eagle3Draft", "EagleDraft", "MedusaHeads", "load_draft", "load_drafter", "random_drafter",
            "resolve_drafter", "shipped_drafter", "target_signature"]

@@ -66,6 +66,10 @@ class Drafter(nn.Module):
         """The drafter's own hyperparameters (constructor keyword arguments)."""
         raise NotImplementedError
 
+    def init_from_data(self, counts: torch.Tensor) -> None:
+        """Settle what the training data decides before training starts, given how often each
+        token is a target there (EAGLE-3: its draft vocabulary). The others need nothing."""
+
     def check_target(self, model: Transformer) -> None:
         why = signature_mismatch(self.target, model)
         if why is not None:

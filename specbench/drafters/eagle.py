@@ -55,6 +55,24 @@ def span_mask(mask: torch.Tensor | None, n: int, span: int, device) -> torch.Ten
     return torch.cat([torch.ones(n, span - n, dtype=torch.bool, device=device), mask], dim=1)
 
 
+def cached_layer(layer: Block, attn_in: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor,
+                 cache: KVCache, mask: torch.Tensor | None, model: Transformer, slots: torch.Tensor | None,
+                 span: int | None) -> torch.Tensor:
+    """A draft's decoder layer over new rows: q, k, v of `attn_in` at `positions` (the target's RoPE),
+    K/V written to the draft cache at `slots` (default: after its committed entries), attention over
+    its first `span` slots through `mask`, then the residual `residual` plus attention and the MLP."""
+    n = attn_in.shape[0]
+    if slots is None:
+        slots = torch.arange(cache.length, cache.length + n, device=attn_in.device)
+    if span is None:
+        span = cache.length + n
+    cos, sin = model.rope(positions)
+    q, k, v = layer.kv(attn_in, cos.to(attn_in.dtype), sin.to(attn_in.dtype))
+    cache.write(0, slots, k, v)
+    attended = numerics.sdpa(q, cache.k[0][:, :span], cache.v[0][:, :span], span_mask(mask, n, span, attn_in.device))
+    return layer.after_attention(residual, attended, "fast")
+
+
 class EagleDraft(Drafter):
     kind = "eagle"
 
@@ -110,17 +128,21 @@ class EagleDraft(Drafter):
         """Rows (features [n, D], tokens [n]) at `positions`, written to the draft cache at `slots`
         (default: after its committed entries) and seeing its first `span` slots through `mask`
         ([n, span] or [n, n] among the new rows; None: causal): the predicted features [n, D]."""
-        n = tokens.shape[0]
-        if slots is None:
-            slots = torch.arange(cache.length, cache.length + n, device=tokens.device)
-        if span is None:
-            span = cache.length + n
         x = self.fc(torch.cat([model.embed(tokens).to(features.dtype), features], dim=-1))
-        cos, sin = model.rope(positions)
-        q, k, v = self.layer.kv(x, cos.to(x.dtype), sin.to(x.dtype))
-        cache.write(0, slots, k, v)
-        attended = numerics.sdpa(q, cache.k[0][:, :span], cache.v[0][:, :span], span_mask(mask, n, span, tokens.device))
-        return self.layer.after_attention(x, attended, "fast")
+        return cached_layer(self.layer, x, x, positions, cache, mask, model, slots, span)
+
+    def feature_layers(self, model: Transformer) -> tuple[int, ...]:
+        """The target layers whose outputs the draft reads: the last (the LM head's input)."""
+        return (model.args.num_layers,)
+
+    def draft_input(self, raw: torch.Tensor, model: Transformer) -> torch.Tensor:
+        """The draft's row input from the target's raw feature layers: the normed final stream."""
+        return self.feature(raw, model)
+
+    def draft_logits(self, h: torch.Tensor, model: Transformer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits of the draft's output h and the target ids of their columns (None: all, in order):
+        EAGLE-1/2 read the target's own LM head."""
+        return model.lm_head(h), None
 
     def init_from_target(self, model: Transformer) -> None:
         """Training starts from PyTorch's default initialisation, as the official training does
@@ -183,7 +205,8 @@ class EagleDraft(Drafter):
         """Read a SafeAILab EAGLE / EAGLE-2 draft folder; refuse one made for another model."""
         config = read_json(folder / "config.json")
         if "draft_vocab_size" in config:
-            raise SpecbenchError(f"{folder} holds an EAGLE-3 draft (draft_vocab_size): specbench reads EAGLE-1/2 drafts")
+            raise SpecbenchError(f"{folder} holds an EAGLE-3 draft (draft_vocab_size): load it with load_drafter "
+                                 f"for method eagle3")
         try:
             dim, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
             kv_heads = int(config.get("num_key_value_heads") or heads)

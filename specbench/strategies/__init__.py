@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 
 from ..engine import Proposer
-from .eagle import Eagle
+from .eagle import Eagle, Eagle3
 from .early_exit import EarlyExit
 from .lookahead import Lookahead
 from .medusa import Medusa
@@ -21,6 +21,7 @@ STRATEGIES: dict[str, type[Proposer]] = {
     "lookahead": Lookahead,
     "medusa": Medusa,
     "eagle": Eagle,
+    "eagle3": Eagle3,
 }
 
 

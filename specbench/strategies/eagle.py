@@ -1,5 +1,8 @@
-"""EAGLE-1 and EAGLE-2 (Li et al. 2024): a one-layer draft extrapolates the target's features and
-drafts a token tree, verified in one target forward.
+"""EAGLE-1 and EAGLE-2 (Li et al. 2024), and EAGLE-3 (Li et al. 2025): a one-layer draft on the
+target's features drafts a token tree, verified in one target forward. EAGLE-3 (`Eagle3`) runs the
+same trees and draft cache with its own drafter (`specbench/drafters/eagle3.py`): rows the target
+produced read fc of its fused feature layers, tree rows read the draft's own output for their
+parent, and its own LM head scores its draft vocabulary.
 
 Each tree level is ONE draft forward over the level's rows, with a tree mask over the draft's own
 cache (committed rows, plus each row's ancestors among the tree rows):
@@ -30,12 +33,15 @@ with one transfer per step.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..cuda_graph import BUCKETS
-from ..drafters import resolve_drafter
+from ..drafters import Drafter, resolve_drafter
 from ..drafters.base import frequent_tokens
 from ..drafters.eagle import EagleDraft
+from ..drafters.eagle3 import Eagle3Draft
 from ..drafters.medusa import check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
@@ -170,7 +176,7 @@ class DraftStep:
     """One drafting step on the draft's own cache: the pending rows (committed tokens with the
     target's features, the root last) in one causal forward, then the tree's levels."""
 
-    def __init__(self, model: Transformer, drafter: EagleDraft, plan, max_len: int, vocab: torch.Tensor | None):
+    def __init__(self, model: Transformer, drafter: EagleDraft | Eagle3Draft, plan, max_len: int, vocab: torch.Tensor | None):
         self.model, self.drafter, self.plan, self.vocab = model, drafter, plan, vocab
         self.head = None if vocab is None else model.lm_head.weight[vocab]
         self.cache = drafter.new_cache(max_len, model.device, model.dtype)
@@ -179,13 +185,14 @@ class DraftStep:
         return self.drafter(feats, tokens, positions, self.cache, mask, self.model, slots=slots, span=mask.shape[1])
 
     def logp(self, h: torch.Tensor) -> torch.Tensor:
-        """Draft log-probabilities [n, V]; with a draft vocabulary, over its tokens (-inf elsewhere)."""
-        logits = self.model.lm_head(h) if self.vocab is None else h @ self.head.T
+        """Draft log-probabilities [n, V]; with a draft vocabulary (the `draft_vocab` option, or
+        EAGLE-3's own head), over its tokens (-inf elsewhere)."""
+        logits, ids = (h @ self.head.T, self.vocab) if self.vocab is not None else self.drafter.draft_logits(h, self.model)
         logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
-        if self.vocab is None:
+        if ids is None:
             return logp
         full = logp.new_full((logp.shape[0], self.model.args.vocab_size), float("-inf"))
-        return full.index_copy_(1, self.vocab, logp)
+        return full.index_copy_(1, ids, logp)
 
     @staticmethod
     def tree_mask(cols: torch.Tensor, committed: torch.Tensor, anc: torch.Tensor) -> torch.Tensor:
@@ -200,7 +207,7 @@ class DraftStep:
         device = tokens.device
         cols = torch.arange(span, device=device)
         slots = base + torch.arange(tokens.shape[0], device=device)
-        h = self.rows(EagleDraft.feature(raw, self.model), tokens, slots, slots, cols[None, :] <= slots[:, None])
+        h = self.rows(self.drafter.draft_input(raw, self.model), tokens, slots, slots, cols[None, :] <= slots[:, None])
         return self.plan.draft(self, h.index_select(0, n - 1), base + n, cols)
 
     def __call__(self, tokens: torch.Tensor, raw: torch.Tensor, base: int):
@@ -214,12 +221,13 @@ class GraphedDraftStep(DraftStep):
     `pending` (they write past the committed rows, where tree rows or later steps overwrite them),
     attention over the whole cache with masks."""
 
-    def __init__(self, model: Transformer, drafter: EagleDraft, plan, max_len: int, vocab: torch.Tensor | None,
+    def __init__(self, model: Transformer, drafter: EagleDraft | Eagle3Draft, plan, max_len: int, vocab: torch.Tensor | None,
                  pending: int):
         super().__init__(model, drafter, plan, max_len, vocab)
         device = model.device
         self.tokens = torch.zeros(pending, dtype=torch.long, device=device)
-        self.raw = torch.zeros(pending, model.args.hidden_size, dtype=model.dtype, device=device)
+        width = model.args.hidden_size * len(drafter.feature_layers(model))
+        self.raw = torch.zeros(pending, width, dtype=model.dtype, device=device)
         self.n = torch.ones((), dtype=torch.long, device=device)
         # warm-up and capture write the last slots, never used by a generation
         self.base = torch.full((), max_len - pending - plan.tree_rows, dtype=torch.long, device=device)
@@ -244,7 +252,7 @@ class GraphedDraftStep(DraftStep):
         return self.out[0].clone(), self.out[1] if self.out[1].device.type == "cpu" else self.out[1].clone()
 
 
-def draft_step(model: Transformer, drafter: EagleDraft, plan, need: int, draft_vocab: int | None) -> DraftStep:
+def draft_step(model: Transformer, drafter: EagleDraft | Eagle3Draft, plan, need: int, draft_vocab: int | None) -> DraftStep:
     """The drafter's step for this tree, draft vocabulary and at least `need` cache slots, kept
     across generations (a CUDA graph costs a capture; sizes are rounded up to 1024)."""
     size = -(-need // 1024) * 1024
@@ -268,9 +276,15 @@ class Eagle(Proposer):
     total_tokens: None: by device
     draft_vocab: None: by device
     """
+    kind = "eagle"
 
-    def __init__(self, model: Transformer, drafter=None, tree: str | list = "dynamic", depth: int | None = None,
+    def __init__(self, model: Transformer, drafter: Path | Drafter | None = None, tree: str | list = "dynamic", depth: int | None = None,
                  draft_top_k: int | None = None, total_tokens: int | None = None, draft_vocab: int | None = None):
+        self.setup(model, drafter, tree, depth, draft_top_k, total_tokens, draft_vocab)
+
+    def setup(self, model: Transformer, drafter, tree: str | list, depth: int | None, draft_top_k: int | None,
+              total_tokens: int | None, draft_vocab: int | None) -> None:
+        """Checks the options, resolves the drafter of `self.kind` and builds the tree plan."""
         given = {name: value for name, value in (("depth", depth), ("draft_top_k", draft_top_k),
                                                  ("total_tokens", total_tokens)) if value is not None}
         for name, value in given.items():
@@ -292,7 +306,7 @@ class Eagle(Proposer):
                                  f"got {settings['draft_top_k']}")
         if settings["total_tokens"] > MAX_NODES:
             raise SpecbenchError(f"total_tokens must be at most {MAX_NODES}, got {settings['total_tokens']}")
-        self.drafter = resolve_drafter(drafter, model, "eagle")
+        self.drafter = resolve_drafter(drafter, model, self.kind)
         if tree == "dynamic":
             self.plan = DynamicTree(settings["depth"], settings["draft_top_k"], settings["total_tokens"])
         else:
@@ -310,7 +324,11 @@ class Eagle(Proposer):
         self.tree_kind = tree if isinstance(tree, str) else "static"
         self.model = model
         self.max_nodes = self.plan.size
-        self.feature_layers = (model.args.num_layers,)
+        self.feature_layers = self.drafter.feature_layers(model)
+
+    def ranks(self) -> int:
+        """How many choices the tree takes per node at most (a draft vocabulary must hold them)."""
+        return self.plan.top_k if isinstance(self.plan, DynamicTree) else 1 + max(max(p) for p in self.plan.paths)
 
     def _check_draft_vocab(self, draft_vocab: int, vocab: int) -> int | None:
         """The draft vocabulary's size (None: the whole vocabulary); it must hold every rank drafted."""
@@ -319,7 +337,7 @@ class Eagle(Proposer):
         if not self.drafter.token_counts.any():
             raise SpecbenchError("draft_vocab needs a drafter from `specbench train eagle` (it counts the tokens "
                                  "of its training data to rank them)")
-        ranks = self.plan.top_k if isinstance(self.plan, DynamicTree) else 1 + max(max(p) for p in self.plan.paths)
+        ranks = self.ranks()
         if draft_vocab < ranks:
             raise SpecbenchError(f"draft_vocab {draft_vocab} is smaller than the {ranks} choices drafted per node")
         return draft_vocab
@@ -335,7 +353,7 @@ class Eagle(Proposer):
             return
         device = self.model.device
         if n > 2:                              # the prompt's rows, all but the root's
-            feats = EagleDraft.feature(ctx.prefill_features[:-1], self.model)
+            feats = self.drafter.draft_input(ctx.prefill_features[:-1], self.model)
             self.drafter(feats, torch.tensor(ctx.tokens[1:-1], device=device), torch.arange(n - 2, device=device),
                          self.step.cache, None, self.model, slots=torch.arange(n - 2, device=device), span=n - 2)
             self.length = n - 2
@@ -357,3 +375,24 @@ class Eagle(Proposer):
 
     def stats(self) -> dict:
         return {"tree": self.tree_kind, "tree_nodes": self.plan.size}
+
+
+class Eagle3(Eagle):
+    """EAGLE-3: a one-layer draft on fused low/mid/high target features with its own vocabulary drafts a dynamic or static tree.
+
+    Options:
+    drafter: None: the one shipped for the default model (none yet: pending its GPU training)
+    depth: None: by device
+    draft_top_k: None: by device
+    total_tokens: None: by device
+    """
+    kind = "eagle3"
+
+    def __init__(self, model: Transformer, drafter: Path | Drafter | None = None, tree: str | list = "dynamic", depth: int | None = None,
+                 draft_top_k: int | None = None, total_tokens: int | None = None):
+        self.setup(model, drafter, tree, depth, draft_top_k, total_tokens, None)
+        width = len(self.drafter.draft_ids)
+        ranks = self.ranks()
+        if ranks > width:
+            raise SpecbenchError(f"the drafter's vocabulary of {width} tokens is smaller than the {ranks} choices "
+                                 f"drafted per node: lower draft_top_k")

@@ -23,10 +23,11 @@ from .data import TokenData, self_distill, sharegpt_tokens
 from ..drafters.draft import INITS
 from .distill import DIVERGENCES, DistillObjective
 from .eagle import EagleObjective
+from .eagle3 import Eagle3Objective
 from .medusa import MedusaObjective
 from .trainer import DEFAULT_DATA, Stop, TrainConfig, split, train
 
-OBJECTIVES = {"medusa": MedusaObjective, "draft": DistillObjective, "eagle": EagleObjective}
+OBJECTIVES = {"medusa": MedusaObjective, "draft": DistillObjective, "eagle": EagleObjective, "eagle3": Eagle3Objective}
 DATA_SOURCES = ("sharegpt", "self_distill")
 
 
@@ -49,6 +50,10 @@ def check_config(config: TrainConfig) -> None:
     if config.objective.get("divergence", "fkl") not in DIVERGENCES:
         raise SpecbenchError(f"divergence must be one of {', '.join(DIVERGENCES)}, "
                              f"got {config.objective['divergence']!r}")
+    for name, where in (("draft_vocab_size", config.drafter), ("ttt_steps", config.objective)):
+        value = where.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpecbenchError(f"{name.replace('_size', '').replace('_', '-')} must be an integer >= 1, got {value!r}")
     if not config.epochs > 0 or not config.lr > 0:
         raise SpecbenchError("epochs and lr must be > 0")
 
@@ -73,9 +78,11 @@ def training_data(model: Transformer, config: TrainConfig) -> TokenData:
     return data
 
 
-def new_drafter(model: Transformer, config: TrainConfig) -> Drafter:
+def new_drafter(model: Transformer, config: TrainConfig, data: TokenData) -> Drafter:
     torch.manual_seed(config.seed)       # a random initialisation (EAGLE's) is the same on every run
     drafter = DRAFTERS[config.kind].for_target(model, **config.drafter)
+    train_idx, _ = split(data, config.validation)
+    drafter.init_from_data(data.assistant_counts(train_idx, model.args.vocab_size))
     drafter.init_from_target(model)
     return drafter
 
@@ -87,7 +94,7 @@ def train_drafter(model: Transformer, config: TrainConfig, out: str | os.PathLik
     check_config(config)
     out = Path(out)
     data = data if data is not None else training_data(model, config)
-    drafter = new_drafter(model, config)
+    drafter = new_drafter(model, config, data)
     objective = OBJECTIVES[config.kind](drafter, model, **config.objective)
     start = time.perf_counter()
     result = train(objective, model, data, config, out, stop_after=stop_after, progress=progress)

@@ -10,7 +10,9 @@ from ..cli import add_verbose
 from ..drafters.draft import DEFAULT_LAYERS
 from ..errors import SpecbenchError
 from . import DATA_SOURCES, DEFAULT_DATA, OBJECTIVES, TrainConfig, check_config
+from ..drafters.eagle3 import DEFAULT_DRAFT_VOCAB
 from .distill import DIVERGENCES
+from .eagle3 import TTT_STEPS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draft: start from the target's first layers (target) or at random (fresh)")
     parser.add_argument("--divergence", default="fkl",
                         help=f"draft: what distillation minimises, one of {', '.join(DIVERGENCES)} (README)")
+    parser.add_argument("--draft-vocab", type=int, default=DEFAULT_DRAFT_VOCAB,
+                        help="eagle3: tokens of the draft vocabulary (the most frequent assistant tokens of the data)")
+    parser.add_argument("--ttt-steps", type=int, default=TTT_STEPS,
+                        help="eagle3: training-time test steps (1: off, teacher forcing only)")
+    parser.add_argument("--features", default="fused", choices=["fused", "top"],
+                        help="eagle3: the target's low, middle and high layers fused (default), or its top layer only")
     add_verbose(parser)
 
 
@@ -57,6 +65,9 @@ def run(args) -> int:
         drafter = {"num_heads": args.heads, "num_layers": 1 if args.layers is None else args.layers,
                    "own_lm_head": args.own_lm_head}
         objective = {"labels": args.labels}
+    elif args.kind == "eagle3":
+        drafter = {"draft_vocab_size": args.draft_vocab}
+        objective = {"ttt_steps": args.ttt_steps}
     elif args.kind == "draft":
         drafter = {"num_layers": DEFAULT_LAYERS if args.layers is None else args.layers, "init": args.init}
         objective = {"divergence": args.divergence}
@@ -75,6 +86,8 @@ def run(args) -> int:
     check_output_dir(Path(args.out).parent if args.kind == "data" else args.out, "the --out folder")
     start = time.perf_counter()
     model = load_with_status(locate_model(args.model, args.verbose), args.device, args.dtype)
+    if args.kind == "eagle3" and args.features == "top":     # the layer count is the model's
+        config.drafter["feature_layers"] = [model.args.num_layers]
     if args.kind == "data":
         data = training_data(model, config)
         path = data.save(Path(args.out))

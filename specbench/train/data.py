@@ -45,6 +45,15 @@ class TokenData:
         return (torch.from_numpy(self.tokens[a:b].astype(np.int64)),
                 torch.from_numpy(self.mask[a:b].astype(bool)))
 
+    def assistant_counts(self, indices: list[int], vocab_size: int) -> torch.Tensor:
+        """How often each token is an assistant token in conversations `indices` [vocab_size]: what
+        a draft vocabulary is chosen by."""
+        counts = torch.zeros(vocab_size, dtype=torch.long)
+        for i in indices:
+            ids, mask = self.item(i)
+            counts += torch.bincount(ids[mask], minlength=vocab_size)
+        return counts
+
     def select(self, indices: list[int]) -> "TokenData":
         return TokenData.from_lists([self.item(i)[0].tolist() for i in indices],
                                     [self.item(i)[1].tolist() for i in indices], self.meta)

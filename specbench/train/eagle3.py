@@ -1,0 +1,92 @@
+"""EAGLE-3's objective (Li et al. 2025): training-time test. The draft is unrolled `ttt_steps`
+times over each sequence (`Eagle3Draft.unroll`): step 0 reads the target's fused features, step k
+its own step k - 1 outputs, with the attention a tree node k levels deep sees at decode time; every
+step is trained by cross-entropy against the target's next-token distribution restricted to the
+draft vocabulary (renormalised there), step k weighted 0.8^k. No feature regression: EAGLE-3 drops
+it, so the draft's hidden state is free to be whatever predicts best. `ttt_steps=1` switches the
+training-time test off (the paper's ablation). Step count 7 and the 0.8 decay are SpecForge's
+defaults (`ttt_length`, the loss weights of `specforge/core/eagle3.py`).
+
+A row of step k counts when its input token t + 1 + k is an assistant token.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..drafters.eagle import RANKS
+from ..drafters.eagle3 import Eagle3Draft
+from ..model import Transformer
+from .data import TokenData
+from .trainer import greedy_acceptance, held_out
+
+TTT_STEPS = 7
+STEP_DECAY = 0.8
+EVAL_STEPS = 4      # steps whose held-back top-1 the card reports (with or without training-time test)
+
+
+class Eagle3Objective:
+    def __init__(self, drafter: Eagle3Draft, model: Transformer, ttt_steps: int = TTT_STEPS):
+        self.drafter = drafter
+        self.feature_layers = drafter.feature_layers(model)
+        self.ttt_steps = ttt_steps
+
+    def step_logits(self, model: Transformer, features: torch.Tensor, ids: torch.Tensor,
+                    steps: int) -> list[torch.Tensor]:
+        """Draft-vocabulary logits of each unrolled step over one sequence ([n - 1 - k, N] at step k)."""
+        if not torch.is_autocast_enabled("cuda"):   # the draft computes in its own dtype, or bf16 under autocast
+            features = features.to(next(self.drafter.parameters()).dtype)
+        return [self.drafter.draft_logits(h, model)[0] for h in self.drafter.unroll(features, ids, steps, model)]
+
+    def loss(self, model: Transformer, features: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
+             mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
+        count = int(mask[1:].sum())
+        if len(ids) < 2 or count == 0:
+            return features.new_zeros(()), {}, 0
+        vocab = self.drafter.draft_ids
+        total, metrics = features.new_zeros((), dtype=torch.float32), {}
+        for k, out in enumerate(self.step_logits(model, features, ids, self.ttt_steps)):
+            rows = mask[1 + k:]
+            if not rows.any():
+                continue
+            target = logits[1 + k:][rows].float()
+            with torch.no_grad():
+                p = torch.softmax(target[:, vocab], dim=-1)
+            logq = F.log_softmax(out[rows].float(), dim=-1)
+            ce = -(p * logq).sum()
+            total = total + STEP_DECAY ** k * ce
+            metrics[f"loss_step{k}"] = ce.item()
+            metrics[f"agree_step{k}"] = float((vocab[logq.argmax(-1)] == target.argmax(-1)).sum())
+        metrics["loss"] = total.item()
+        return total, metrics, count
+
+    @torch.no_grad()
+    def evaluate(self, model: Transformer, data: TokenData, indices: list[int], eval_tokens: int) -> dict:
+        """Held-back conversations: the rank of the target's greedy token among the draft's choices
+        one step ahead (stored on the drafter: the default static tree is built from it), top-1 at
+        steps 1..EVAL_STEPS-1 on the draft's own hidden states, then greedy decoding (dynamic tree)."""
+        self.drafter.to(dtype=model.dtype).eval()          # as generate will run it
+        vocab = self.drafter.draft_ids
+        ranks = min(RANKS, len(vocab))
+        counts = torch.zeros(RANKS + 1)
+        hits, rows_seen = torch.zeros(EVAL_STEPS), torch.zeros(EVAL_STEPS)
+        for logits, features, ids, mask in held_out(model, self, data, indices):
+            for k, out in enumerate(self.step_logits(model, features, ids, EVAL_STEPS)):
+                rows = mask[1 + k:]
+                if not rows.any():
+                    continue
+                greedy = logits[1 + k:][rows].argmax(-1)
+                hit = (vocab[out[rows].topk(ranks, dim=-1).indices] == greedy[:, None]).cpu()
+                hits[k] += float(hit[:, 0].sum())
+                rows_seen[k] += float(rows.sum())
+                if k == 0:
+                    counts[:ranks] += hit.sum(0).float()
+                    counts[RANKS] += float((~hit.any(-1)).sum())
+        accuracy = (counts[:RANKS] / counts.sum().clamp_min(1)).tolist()
+        self.drafter.rank_accuracy = [round(x, 4) for x in accuracy]
+        by_step = (hits / rows_seen.clamp_min(1)).tolist()
+        figures = greedy_acceptance(model, data, indices, eval_tokens, method="eagle3", drafter=self.drafter)
+        self.drafter.float()
+        return {"rank_accuracy": self.drafter.rank_accuracy, "top1": round(accuracy[0], 4),
+                "top3": round(sum(accuracy[:3]), 4),
+                **{f"top1_step{k}": round(by_step[k], 4) for k in range(1, EVAL_STEPS)}, **figures}
