@@ -8,7 +8,9 @@ is reused or written, and this checkout first on PYTHONPATH, so the kernels impo
 test even where the installed one is another checkout's (a git worktree). The committed notebooks keep the outputs of their full-size run: the
 executed copies here are thrown away.
 
-Budget: 01_quickstart takes about a minute on 2 CPU cores (the model load is ~25 s of it).
+Budget: 01_quickstart takes about a minute on 2 CPU cores (the model load is ~25 s of it when the
+weights cache is cold); each of 02-09 runs 1-2 questions x 8-12 tokens and takes 25-40 s, most of it the
+kernel start, imports, model load and warm-up.
 """
 from __future__ import annotations
 
