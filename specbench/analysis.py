@@ -271,6 +271,31 @@ def monotone_share(frame: pd.DataFrame, along: str, within: str, column: str, to
     return sum(pairs) / len(pairs) if pairs else math.nan
 
 
+def chain_fit(result: BenchResult, labels: list[str]) -> pd.DataFrame:
+    """For chain methods (one draft per depth: pld, sps, self-speculative early exit), alpha by
+    maximum likelihood and what the i.i.d. model then predicts for the steps' own draft lengths:
+    tokens per step (matched by the fit where every step drafts alike) and the distribution of
+    accepted drafts per step, a truncated geometric, whose total-variation distance from the
+    measured one (`tv_distance`) is the test of the model."""
+    rows = []
+    for label in labels:
+        steps = [(length - 1, drafted) for a in result.answers if a["method"] == label
+                 for length, drafted in zip(a["accepted_lengths"], a["draft_tokens"])]
+        alpha = acceptance_mle(result, label)
+        longest = max(d for _, d in steps)
+        predicted, measured = [0.0] * (longest + 1), [0.0] * (longest + 1)
+        for accepted, drafted in steps:
+            measured[accepted] += 1 / len(steps)
+            for k in range(drafted + 1):
+                predicted[k] += (alpha ** k * ((1 - alpha) if k < drafted else 1.0)) / len(steps)
+        rows.append({"method": label, "alpha_mle": alpha,
+                     "drafts_per_step": statistics.mean(d for _, d in steps),
+                     "tokens_measured": 1 + statistics.mean(k for k, _ in steps),
+                     "tokens_predicted": statistics.mean(expected_tokens(alpha, d) for _, d in steps),
+                     "tv_distance": 0.5 * sum(abs(p - m) for p, m in zip(predicted, measured))})
+    return pd.DataFrame(rows)
+
+
 def relative_error(measured, predicted) -> float:
     """Largest |predicted / measured - 1| over paired values."""
     return max(abs(p / m - 1.0) for m, p in zip(measured, predicted))

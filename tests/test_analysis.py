@@ -76,3 +76,16 @@ def test_sps_theory_on_the_committed_run():
 def test_read_results_refuses_an_unfinished_folder(tmp_path):
     with pytest.raises(Exception, match="no finished benchmark"):
         read_results(tmp_path)
+
+
+def test_chain_fit_distribution_distance():
+    # every step accepts both drafts: alpha = 1, the model predicts exactly that
+    answers = [{"method": "m", "accepted_lengths": [3, 3], "draft_tokens": [2, 2]}]
+    fit = analysis.chain_fit(_result(answers), ["m"]).iloc[0]
+    assert fit["alpha_mle"] == 1.0 and fit["tv_distance"] == pytest.approx(0.0)
+    assert fit["tokens_measured"] == fit["tokens_predicted"] == 3.0
+    # half the steps accept both, half none: alpha = 2/3, the geometric puts 1/3, 2/9, 4/9 on 0, 1, 2
+    answers = [{"method": "m", "accepted_lengths": [3, 1], "draft_tokens": [2, 2]}]
+    fit = analysis.chain_fit(_result(answers), ["m"]).iloc[0]
+    assert fit["alpha_mle"] == pytest.approx(2 / 3)
+    assert fit["tv_distance"] == pytest.approx(0.5 * (abs(0.5 - 1 / 3) + 2 / 9 + abs(0.5 - 4 / 9)))
