@@ -201,9 +201,10 @@ def acceptance_mle(result: BenchResult, label: str) -> float:
 
 
 @torch.inference_mode()
-def forward_seconds(model: Transformer, new_tokens: int, cache_len: int = 128, repeats: int = 7) -> float:
-    """Median wall seconds of one forward of `model` over `new_tokens` (causal) on a cache holding
-    `cache_len` tokens: a verification over k tokens, or a draft step when k = 1."""
+def forward_seconds(model: Transformer, new_tokens: int, cache_len: int = 128, repeats: int = 15) -> float:
+    """Wall seconds of one forward of `model` over `new_tokens` (causal) on a cache holding
+    `cache_len` tokens (a verification over k tokens, or a draft step when k = 1): the fastest of
+    `repeats` calls, since other jobs on a shared machine only ever add time."""
     device = model.device
     cache = model.new_cache(cache_len + new_tokens)
     tokens = torch.randint(model.args.vocab_size, (new_tokens,), generator=torch.Generator().manual_seed(0))
@@ -247,8 +248,10 @@ def sps_theory(result: BenchResult, alpha: float, c: float | None = None,
                verify_costs: dict | None = None) -> pd.DataFrame:
     """Per draft length gamma of the sps runs: measured tokens per step and speedup beside the
     model's predictions (verification at cost 1, and at the measured cost of gamma + 1 tokens;
-    NaN without c)."""
+    NaN without c), and a step's cost in vanilla steps, measured (bench wall time per step) and
+    as the model charges it (gamma c + verification)."""
     df = overall(result)
+    vanilla_step = df.loc[df["base_method"] == "vanilla", "ms_per_step"].iloc[0]
     rows = []
     for rec in df[df["base_method"] == "sps"].to_dict("records"):
         gamma = int(rec["num_draft"])
@@ -257,7 +260,9 @@ def sps_theory(result: BenchResult, alpha: float, c: float | None = None,
                      "speedup_measured": rec["speedup"],
                      "speedup_leviathan": math.nan if c is None else predicted_speedup(alpha, gamma, c),
                      "speedup_with_verify_cost": math.nan if c is None else
-                     predicted_speedup(alpha, gamma, c, verify_costs[str(gamma + 1)])})
+                     predicted_speedup(alpha, gamma, c, verify_costs[str(gamma + 1)]),
+                     "step_cost_measured": rec["ms_per_step"] / vanilla_step,
+                     "step_cost_model": math.nan if c is None else gamma * c + verify_costs[str(gamma + 1)]})
     return pd.DataFrame(rows).sort_values("gamma").reset_index(drop=True)
 
 
