@@ -266,9 +266,10 @@ def sps_theory(result: BenchResult, alpha: float, c: float | None = None,
     return pd.DataFrame(rows).sort_values("gamma").reset_index(drop=True)
 
 
-def monotone_share(frame: pd.DataFrame, along: str, within: str, column: str, tolerance: float = 0.02) -> float:
-    """Share of neighbouring pairs along `along` (at each fixed value of `within`) whose `column`
-    does not fall by more than `tolerance`; NaN when there is no pair."""
+def monotone_share(frame: pd.DataFrame, along: str, within: str | list[str], column: str,
+                   tolerance: float = 0.02) -> float:
+    """Share of neighbouring pairs along `along` (at each fixed value of `within`, one column or
+    several) whose `column` does not fall by more than `tolerance`; NaN when there is no pair."""
     pairs = []
     for _, part in frame.groupby(within):
         values = part.sort_values(along)[column].tolist()
@@ -399,24 +400,27 @@ def divergence_margins(model: Transformer, result: BenchResult) -> tuple[pd.Data
 # ---------------------------------------------------------------------------------------------
 # figures and verdicts
 
-def sweep_plot(df: pd.DataFrame, x: str, hue: str | None = None, panels=("mean_accepted", "speedup"),
+def sweep_plot(df: pd.DataFrame, x: str, hue: str | list[str] | None = None, panels=("mean_accepted", "speedup"),
                title: str = "", logx: bool = False):
-    """Line plots of each panel's column against x (one line per value of hue); a dashed line at
-    1 where the panel is a speedup. Returns the matplotlib figure."""
+    """Line plots of each panel's column against x (one line per value of hue, or per combination
+    of several hue columns); a dashed line at 1 where the panel is a speedup. Returns the figure."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
-    groups = [(None, df)] if hue is None else list(df.groupby(hue, sort=True))
+    hues = [hue] if isinstance(hue, str) else list(hue or [])
+    groups = [(None, df)] if not hues else [
+        (", ".join(f"{h}={v:g}" if isinstance(v, float) else f"{h}={v}" for h, v in zip(hues, key)), part)
+        for key, part in df.groupby(hues, sort=True)]
     for ax, column in zip(axes[0], panels):
         for key, part in groups:
             part = part.sort_values(x)
-            ax.plot(part[x], part[column], marker="o", label=None if key is None else f"{hue}={key}")
+            ax.plot(part[x], part[column], marker="o", label=key)
         if column == "speedup":
             ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         if logx:
             ax.set_xscale("log", base=2)
         ax.set_xlabel(x)
         ax.set_ylabel(column.replace("_", " "))
-        if hue is not None:
+        if hues:
             ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
