@@ -48,6 +48,7 @@ def repo_root() -> Path:
 
 
 def committed_folder(name: str) -> Path:
+    """docs/results/<name>/ of this checkout."""
     return repo_root() / "docs" / "results" / name
 
 
@@ -85,6 +86,9 @@ def run_experiment(config_file: str, small: dict | None = None, size: str | None
     full: the committed docs/results/<name>/ when finished (unless SPECBENCH_NOTEBOOK_RERUN=1),
     else a run into $SPECBENCH_NOTEBOOK_RESULTS (default results/)/<name>; small: the config with
     the keys of `small` replaced, run into <that folder>/<name>_small. A finished folder is re-read.
+    extra_methods (label -> options) join the config's methods and its name (`<name>_with_<labels>`),
+    so a method that lands later gets folders of its own; so does a `dataset` other than the
+    config's (`<name>_<file stem>`).
     """
     size = size or notebook_size()
     root = repo_root()
@@ -98,7 +102,8 @@ def run_experiment(config_file: str, small: dict | None = None, size: str | None
     if extra_methods:
         name = config["name"] = f"{name}_with_{'_'.join(extra_methods)}"
         config["methods"] = {**config["methods"], **extra_methods}
-        command = f"(the notebook adds {', '.join(extra_methods)} to experiments/{config_file})"
+        command = (f"run this notebook (it adds {', '.join(extra_methods)} to experiments/{config_file}), "
+                   f"then copy results/{name}/ to docs/results/{name}/")
     results = Path(os.environ.get("SPECBENCH_NOTEBOOK_RESULTS", root / "results"))
     if size == "small":
         config.update(small or {})
