@@ -130,6 +130,19 @@ def gpu_status(config_file: str, committed_name: str) -> tuple[BenchResult | Non
                   f"(README, \"On the GPU machine\"): `{command}`, then commit the folder and rerun this notebook.")
 
 
+def method_unavailable(method: str, model: Transformer) -> str | None:
+    """None when specbench has `method` and its proposer builds on `model` with default options
+    (a shipped drafter, say); else the one line saying why not."""
+    from .strategies import STRATEGIES, make_proposer
+    if method not in STRATEGIES:
+        return f"`{method}` is not among specbench's methods"
+    try:
+        make_proposer(method, model)
+    except SpecbenchError as e:
+        return str(e)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # summaries
 
