@@ -4,13 +4,17 @@ Each notebook runs in a fresh kernel of this interpreter (the "python3" kernel: 
 starts it with sys.executable), with its working directory set to notebooks/ as Jupyter does,
 SPECBENCH_NOTEBOOK_SIZE=small (the notebooks shrink their work on it) and
 SPECBENCH_NOTEBOOK_RESULTS pointing at a temporary folder, so no results/ folder of an earlier run
-is reused or written. The committed notebooks keep the outputs of their full-size run: the
+is reused or written, and this checkout first on PYTHONPATH, so the kernels import the package under
+test even where the installed one is another checkout's (a git worktree). The committed notebooks keep the outputs of their full-size run: the
 executed copies here are thrown away.
 
-Budget: 01_quickstart takes about a minute on 2 CPU cores (the model load is ~25 s of it).
+Budget: 01_quickstart takes about a minute on 2 CPU cores (the model load is ~25 s of it when the
+weights cache is cold); each of 02-09 runs 1-2 questions x 8-12 tokens and takes 25-40 s, most of it the
+kernel start, imports, model load and warm-up.
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -43,6 +47,7 @@ def test_notebooks_exist():
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("SPECBENCH_NOTEBOOK_SIZE", "small")
     monkeypatch.setenv("SPECBENCH_NOTEBOOK_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(path, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell(KERNEL_CHECK))
     client = NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT_S,

@@ -13,7 +13,7 @@ layout), `hf_baselines` (transformers generate as methods), `command` (the CLI s
 from .config import DEFAULTS, load_config, resolve_config
 from .datasets import (Question, load_dataset, select_questions, sharegpt_heldout_ids,
                        sharegpt_is_heldout)
-from .runner import BenchResult, run_benchmark
+from .runner import BenchResult, read_results, run_benchmark
 
-__all__ = ["BenchResult", "DEFAULTS", "Question", "load_config", "load_dataset", "resolve_config",
+__all__ = ["BenchResult", "DEFAULTS", "Question", "load_config", "load_dataset", "read_results", "resolve_config",
            "run_benchmark", "select_questions", "sharegpt_heldout_ids", "sharegpt_is_heldout"]

@@ -221,6 +221,19 @@ def finalize(out: Path, cfg: dict, answers: list[dict], write: bool = True) -> B
                        already_finished=not write, reference=ref)
 
 
+def read_results(folder: str | Path) -> BenchResult:
+    """A finished results folder as it is, with no config to match and no model: its stored
+    config.json and answers, summarised again (a committed docs/results/<name>/ folder, say)."""
+    folder = Path(folder)
+    if not (folder / store.FINISHED_MARKER).is_file():
+        raise SpecbenchError(f"{folder} holds no finished benchmark ({store.FINISHED_MARKER} is missing)")
+    cfg = json.loads((folder / store.CONFIG_FILE).read_text(encoding="utf-8"))
+    cfg.setdefault("numerics", "fast")          # folders written before the numerics modes
+    for m in cfg["methods"]:
+        m.setdefault("numerics", None if m["method"] in HF_METHODS else cfg["numerics"])
+    return finalize(folder, cfg, store.read_answers(folder / store.ANSWERS_FILE, repair=False), write=False)
+
+
 def run_benchmark(config: dict | str | Path | None, out: str | Path, model=None, progress: bool = True,
                   methods: list[str] | None = None, verbose: bool = False) -> BenchResult:
     """Run (or resume, or just re-read) a benchmark into the folder `out`.

@@ -1,0 +1,91 @@
+"""The notebooks' analyses (specbench/analysis.py) on known inputs, and committed result folders
+re-read without their config or a model."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from specbench import analysis
+from specbench.bench import read_results
+from specbench.bench.runner import BenchResult
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_expected_tokens_limits_and_formula():
+    assert analysis.expected_tokens(0.0, 5) == 1.0
+    assert analysis.expected_tokens(1.0, 5) == 6.0
+    # a = 0.5, g = 2: 1 + 0.5 + 0.25
+    assert analysis.expected_tokens(0.5, 2) == pytest.approx(1.75)
+    # Leviathan et al.'s example setting: a = 0.75, g = 7, c = 0 gives E[tokens]
+    assert analysis.predicted_speedup(0.75, 7, 0.0) == pytest.approx(analysis.expected_tokens(0.75, 7))
+    assert analysis.predicted_speedup(0.5, 2, 0.25, verify_cost=2.0) == pytest.approx(1.75 / 2.5)
+
+
+def _result(answers: list[dict]) -> BenchResult:
+    return BenchResult(out=Path("."), config={}, answers=answers, summary=pd.DataFrame())
+
+
+def test_acceptance_mle_counts_rejections():
+    # steps (committed, drafted): (3, 2) all accepted; (1, 2) one rejection at once; (2, 2) one accepted then rejected
+    answers = [{"method": "sps", "accepted_lengths": [3, 1, 2], "draft_tokens": [2, 2, 2]},
+               {"method": "other", "accepted_lengths": [1], "draft_tokens": [5]}]
+    # accepted drafts 2 + 0 + 1 = 3, rejections 2
+    assert analysis.acceptance_mle(_result(answers), "sps") == pytest.approx(3 / 5)
+    assert math.isnan(analysis.acceptance_mle(_result(answers), "missing"))
+
+
+def test_monotone_share():
+    frame = pd.DataFrame({"W": [3, 7, 15, 3, 7, 15], "N": [3, 3, 3, 5, 5, 5], "acc": [1.0, 1.2, 1.3, 1.2, 1.1, 1.4]})
+    assert analysis.monotone_share(frame, "W", "N", "acc") == pytest.approx(3 / 4)
+    assert analysis.monotone_share(frame, "W", "N", "acc", tolerance=0.2) == 1.0
+    assert math.isnan(analysis.monotone_share(frame.iloc[:1], "W", "N", "acc"))
+
+
+def test_verdict_table():
+    text = analysis.verdict([{"claim": "c", "paper": "p", "ours": "o", "agrees": True},
+                             {"claim": "d", "paper": "q", "ours": "r", "agrees": False}])
+    assert [c.strip() for c in text.splitlines()[0].split("|")[1:-1]] == ["claim", "paper", "ours", "agrees"]
+    assert "| yes" in text and "| no " in text
+
+
+@pytest.mark.parametrize("name", ["cpu_numerics", "cpu_engine", "gpu_medusa_data_h200", "cpu_sps_gamma"])
+def test_committed_folders_are_read_back(name):
+    """Folders of every age (before the numerics modes too) summarise again without a model."""
+    result = read_results(REPO / "docs" / "results" / name)
+    stored = pd.read_csv(REPO / "docs" / "results" / name / "summary.csv")
+    assert result.already_finished
+    assert list(result.summary["method"]) == list(stored["method"])
+    assert result.summary["tokens_per_s"].tolist() == pytest.approx(stored["tokens_per_s"].tolist())
+    frame = analysis.overall(result)
+    assert (frame.loc[frame["base_method"] != "vanilla", "ms_per_step"] > 0).all()
+
+
+def test_sps_theory_on_the_committed_run():
+    result = read_results(REPO / "docs" / "results" / "cpu_sps_gamma")
+    alpha = analysis.acceptance_mle(result, "sps_num_draft1")
+    theory = analysis.sps_theory(result, alpha)
+    assert theory["gamma"].tolist() == [1, 2, 3, 4, 6, 8]
+    assert theory.loc[0, "tokens_predicted"] == pytest.approx(1 + alpha)
+    assert theory["speedup_leviathan"].isna().all()     # no cost ratio given
+
+
+def test_read_results_refuses_an_unfinished_folder(tmp_path):
+    with pytest.raises(Exception, match="no finished benchmark"):
+        read_results(tmp_path)
+
+
+def test_chain_fit_distribution_distance():
+    # every step accepts both drafts: alpha = 1, the model predicts exactly that
+    answers = [{"method": "m", "accepted_lengths": [3, 3], "draft_tokens": [2, 2]}]
+    fit = analysis.chain_fit(_result(answers), ["m"]).iloc[0]
+    assert fit["alpha_mle"] == 1.0 and fit["tv_distance"] == pytest.approx(0.0)
+    assert fit["tokens_measured"] == fit["tokens_predicted"] == 3.0
+    # half the steps accept both, half none: alpha = 2/3, the geometric puts 1/3, 2/9, 4/9 on 0, 1, 2
+    answers = [{"method": "m", "accepted_lengths": [3, 1], "draft_tokens": [2, 2]}]
+    fit = analysis.chain_fit(_result(answers), ["m"]).iloc[0]
+    assert fit["alpha_mle"] == pytest.approx(2 / 3)
+    assert fit["tv_distance"] == pytest.approx(0.5 * (abs(0.5 - 1 / 3) + 2 / 9 + abs(0.5 - 4 / 9)))
