@@ -20,7 +20,7 @@ def model():
     ("sps", {"draft": "target:3"}, r"needs 1\.\.2 layers"),
     ("sps", {"draft": 3}, r"option draft of method 'sps' must be 'target', 'target:K' or a model path or model or DraftLayers or None, got 3"),
     ("sps", {"draft": "no/such/draft.gguf"}, r"option draft of method 'sps': model file not found"),
-    ("sps", {"draft": "target:1", "num_draft": 0}, r"option num_draft of method 'sps' must be int >= 1, got 0"),
+    ("sps", {"draft": "target:1", "num_draft": 0}, r"option num_draft of method 'sps' must be int >= 1 or None, got 0"),
     ("sps", {"draft": "target:1", "draft_vocab": 17}, r"draft_vocab must be a token count in 1\.\.16"),
     ("early_exit", {"num_draft": 0}, r"option num_draft of method 'early_exit' must be int >= 1"),
     ("early_exit", {"exit_layer": 0}, r"option exit_layer .* must be int >= 1 or None, got 0"),

@@ -48,10 +48,11 @@ from ..errors import SpecbenchError
 from ..model import Transformer
 from ..tree import DraftTree, depths
 
-# default settings per device; provisional until the sweeps experiments/gpu_eagle_sweep.yaml and
-# cpu_eagle_sweep.yaml (README, "EAGLE"): a CPU pays per draft level (above all the LM head) and per
-# verified token, a GPU much less
-DEFAULTS = {"cpu": {"depth": 4, "draft_top_k": 4, "total_tokens": 10, "draft_vocab": None},
+# default settings per device: a CPU pays per draft level (above all the LM head) and per verified
+# token, a GPU much less. CPU: the fastest dynamic tree of experiments/cpu_eagle_sweep.yaml
+# (docs/results/cpu_eagle_sweep/: 0.83x vanilla against 0.70x for depth 4). CUDA: the official
+# EAGLE-2 setting until experiments/gpu_eagle_sweep.yaml runs
+DEFAULTS = {"cpu": {"depth": 3, "draft_top_k": 4, "total_tokens": 10, "draft_vocab": None},
             "cuda": {"depth": 6, "draft_top_k": 10, "total_tokens": 60, "draft_vocab": None}}
 MAX_NODES = BUCKETS[-1] - 1     # the root and the tree must fit the largest target forward
 

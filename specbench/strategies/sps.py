@@ -26,6 +26,10 @@ from ..sampling import draw, process_logits
 from ..tree import DraftTree
 
 GRAPHED_TOKENS = BUCKETS[1]   # the draft's decoding forwards (1 or 2 new tokens); prefill runs eager
+# draft tokens per step by device: on the CPU, 2 was the fastest of 2..5 with the shipped draft
+# (0.68x vanilla against 0.45x at 5; experiments/cpu_draft.yaml, docs/results/cpu_draft/); the
+# CUDA value is the common setting, not yet measured here
+DEFAULT_NUM_DRAFT = {"cpu": 2, "cuda": 5}
 
 
 class DraftModel(Proposer):
@@ -33,11 +37,12 @@ class DraftModel(Proposer):
 
     Options:
     draft: None: the draft shipped for the default model
+    num_draft: None: 2 on CPU, 5 on CUDA
     draft_vocab: None: the whole vocabulary
     """
 
     def __init__(self, model: Transformer, draft: DraftRef | Transformer | DraftLayers | None = None,
-                 num_draft: PositiveInt = 5, draft_vocab: PositiveInt | None = None):
+                 num_draft: PositiveInt | None = None, draft_vocab: PositiveInt | None = None):
         vocab = model.args.vocab_size
         if draft_vocab is not None and draft_vocab > vocab:
             raise SpecbenchError(f"draft_vocab must be a token count in 1..{vocab} or None, got {draft_vocab!r}")
@@ -47,6 +52,8 @@ class DraftModel(Proposer):
                                  f"({vocab}): sps needs a shared vocabulary")
         if draft.device != model.device:
             raise SpecbenchError(f"the draft is on {draft.device} and the target on {model.device}: load both on one device")
+        if num_draft is None:
+            num_draft = DEFAULT_NUM_DRAFT.get(model.device.type, DEFAULT_NUM_DRAFT["cuda"])
         self.draft, self.num_draft = draft, num_draft
         self.max_nodes = num_draft
         self.vocab = self.head = None
