@@ -73,6 +73,37 @@ def cached_layer(layer: Block, attn_in: torch.Tensor, residual: torch.Tensor, po
     return layer.after_attention(residual, attended, "fast")
 
 
+def check_official_target(folder: Path, label: str, model: Transformer, dims: tuple[tuple[str, int, int], ...],
+                          rope_theta: float, embed: torch.Tensor | None) -> None:
+    """One line when an official draft folder was made for another model: dimensions (name, the
+    draft's, the model's), RoPE base, or an embedding whose probe is not the model's."""
+    t = model.args
+    for name, ours, theirs in dims:
+        if ours != theirs:
+            raise SpecbenchError(f"{folder}: the {label} draft was made for another model: {name} {ours} "
+                                 f"(this model: {theirs})")
+    if abs(rope_theta - t.rope_theta) > 1e-6 * t.rope_theta:
+        raise SpecbenchError(f"{folder}: the {label} draft's rope_theta {rope_theta:g} differs from this model's "
+                             f"{t.rope_theta:g}")
+    if embed is not None:
+        rows = [r for r in PROBE_ROWS if r < embed.shape[0]]
+        expected = {"hidden_size": embed.shape[1], "vocab_size": embed.shape[0],
+                    "embed_probe": [round(x, 5) for x in embed[rows, :8].float().flatten().tolist()]}
+        why = signature_mismatch(expected, model)
+        if why is not None:
+            raise SpecbenchError(f"{folder}: the {label} draft was made for another model: {why}")
+
+
+def official_layer_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """A Hugging Face Llama decoder layer's weights under `prefix` as our Block's (q/k/v and
+    gate/up fused; the attention input norm is the caller's business)."""
+    return {"layer.wqkv.weight": torch.cat([state[prefix + f"self_attn.{x}_proj.weight"] for x in "qkv"]),
+            "layer.wo.weight": state[prefix + "self_attn.o_proj.weight"],
+            "layer.w13.weight": torch.cat([state[prefix + "mlp.gate_proj.weight"], state[prefix + "mlp.up_proj.weight"]]),
+            "layer.w2.weight": state[prefix + "mlp.down_proj.weight"],
+            "layer.ffn_norm.weight": state[prefix + "post_attention_layernorm.weight"]}
+
+
 class EagleDraft(Drafter):
     kind = "eagle"
 
@@ -219,24 +250,10 @@ class EagleDraft(Drafter):
         if layers != 1:
             raise SpecbenchError(f"{folder}: an EAGLE-1/2 draft has one decoder layer, this config has {layers}")
         t = model.args
-        for name, ours, theirs in (("hidden size", dim, t.hidden_size), ("vocabulary", vocab, t.vocab_size),
-                                   ("head dim", head_dim, t.head_dim)):
-            if ours != theirs:
-                raise SpecbenchError(f"{folder}: the EAGLE draft was made for another model: {name} {ours} "
-                                     f"(this model: {theirs})")
-        theta = float(config.get("rope_theta", 10000.0))
-        if abs(theta - t.rope_theta) > 1e-6 * t.rope_theta:
-            raise SpecbenchError(f"{folder}: the EAGLE draft's rope_theta {theta:g} differs from this model's "
-                                 f"{t.rope_theta:g}")
         state = read_weights(folder, OFFICIAL_WEIGHTS)
-        embed = state.pop("embed_tokens.weight", None)
-        if embed is not None:
-            rows = [r for r in PROBE_ROWS if r < embed.shape[0]]
-            expected = {"hidden_size": embed.shape[1], "vocab_size": embed.shape[0],
-                        "embed_probe": [round(x, 5) for x in embed[rows, :8].float().flatten().tolist()]}
-            why = signature_mismatch(expected, model)
-            if why is not None:
-                raise SpecbenchError(f"{folder}: the EAGLE draft was made for another model: {why}")
+        check_official_target(folder, "EAGLE", model, (("hidden size", dim, t.hidden_size),
+                              ("vocabulary", vocab, t.vocab_size), ("head dim", head_dim, t.head_dim)),
+                              float(config.get("rope_theta", 10000.0)), state.pop("embed_tokens.weight", None))
         qkv_bias = "layers.0.self_attn.q_proj.bias" in state
         drafter = cls(target_signature(model), inter, heads, kv_heads, head_dim,
                       rms_norm_eps=float(config.get("rms_norm_eps", t.rms_norm_eps)), qkv_bias=qkv_bias,
@@ -248,12 +265,7 @@ class EagleDraft(Drafter):
             what = f"lack {missing[0]!r}" if missing else f"hold an unexpected {extra[0]!r}"
             raise SpecbenchError(f"{folder}: EAGLE weights {what}")
         p = "layers.0."
-        ours = {"fc.weight": state["fc.weight"],
-                "layer.wqkv.weight": torch.cat([state[p + f"self_attn.{x}_proj.weight"] for x in "qkv"]),
-                "layer.wo.weight": state[p + "self_attn.o_proj.weight"],
-                "layer.w13.weight": torch.cat([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]]),
-                "layer.w2.weight": state[p + "mlp.down_proj.weight"],
-                "layer.ffn_norm.weight": state[p + "post_attention_layernorm.weight"]}
+        ours = {"fc.weight": state["fc.weight"], **official_layer_state(state, p)}
         if drafter.fc_bias:
             ours["fc.bias"] = state["fc.bias"]
         if qkv_bias:

@@ -40,8 +40,8 @@ from torch import nn
 
 from ..errors import SpecbenchError
 from ..model import Block, KVCache, ModelArgs, RMSNorm, Transformer
-from .base import PROBE_ROWS, Drafter, frequent_tokens, read_json, read_weights, signature_mismatch, target_signature
-from .eagle import cached_layer, prior_accuracy
+from .base import Drafter, frequent_tokens, read_json, read_weights, target_signature
+from .eagle import cached_layer, check_official_target, official_layer_state, prior_accuracy
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 DEFAULT_DRAFT_VOCAB = 8192     # the default model's head: 8192 x 576 in fp16 = 9.4 MB (a file holds 16 MB)
@@ -236,26 +236,13 @@ class Eagle3Draft(Drafter):
         if layers != 1:
             raise SpecbenchError(f"{folder}: specbench reads EAGLE-3 drafts of one decoder layer, this has {layers}")
         t = model.args
-        for name, ours, theirs in (("hidden size", dim, t.hidden_size), ("target hidden size", target_dim, t.hidden_size),
-                                   ("vocabulary", vocab, t.vocab_size), ("head dim", head_dim, t.head_dim)):
-            if ours != theirs:
-                raise SpecbenchError(f"{folder}: the EAGLE-3 draft was made for another model: {name} {ours} "
-                                     f"(this model: {theirs})")
-        theta = float(config.get("rope_theta", 10000.0))
-        if abs(theta - t.rope_theta) > 1e-6 * t.rope_theta:
-            raise SpecbenchError(f"{folder}: the EAGLE-3 draft's rope_theta {theta:g} differs from this model's "
-                                 f"{t.rope_theta:g}")
+        dims = (("hidden size", dim, t.hidden_size), ("target hidden size", target_dim, t.hidden_size),
+                ("vocabulary", vocab, t.vocab_size), ("head dim", head_dim, t.head_dim))
         if config.get("bias") or config.get("attention_bias"):
             raise SpecbenchError(f"{folder}: EAGLE-3 drafts with fc or attention biases are not supported")
         state = read_weights(folder, OFFICIAL_WEIGHTS)
-        embed = state.pop("embed_tokens.weight", None)
-        if embed is not None:
-            rows = [r for r in PROBE_ROWS if r < embed.shape[0]]
-            expected = {"hidden_size": embed.shape[1], "vocab_size": embed.shape[0],
-                        "embed_probe": [round(x, 5) for x in embed[rows, :8].float().flatten().tolist()]}
-            why = signature_mismatch(expected, model)
-            if why is not None:
-                raise SpecbenchError(f"{folder}: the EAGLE-3 draft was made for another model: {why}")
+        check_official_target(folder, "EAGLE-3", model, dims, float(config.get("rope_theta", 10000.0)),
+                              state.pop("embed_tokens.weight", None))
         drafter = cls(target_signature(model), inter, heads, kv_heads, head_dim, draft_vocab,
                       list(fused_layers(t.num_layers)), rms_norm_eps=float(config.get("rms_norm_eps", t.rms_norm_eps)))
         if "d2t" not in state and draft_vocab == vocab:     # a full-vocabulary draft may omit the maps
@@ -272,13 +259,8 @@ class Eagle3Draft(Drafter):
             raise SpecbenchError(f"{folder}: d2t does not map the draft vocabulary to distinct ascending target ids")
         p = "midlayer."
         ours = {"fc.weight": state["fc.weight"], "input_norm.weight": state[p + "input_layernorm.weight"],
-                "hidden_norm.weight": state[p + "hidden_norm.weight"],
-                "layer.wqkv.weight": torch.cat([state[p + f"self_attn.{x}_proj.weight"] for x in "qkv"]),
-                "layer.wo.weight": state[p + "self_attn.o_proj.weight"],
-                "layer.ffn_norm.weight": state[p + "post_attention_layernorm.weight"],
-                "layer.w13.weight": torch.cat([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]]),
-                "layer.w2.weight": state[p + "mlp.down_proj.weight"], "norm.weight": state["norm.weight"],
-                "lm_head.weight": state["lm_head.weight"]}
+                "hidden_norm.weight": state[p + "hidden_norm.weight"], **official_layer_state(state, p),
+                "norm.weight": state["norm.weight"], "lm_head.weight": state["lm_head.weight"]}
         ours = {k: v.float() for k, v in ours.items()}
         ours["draft_ids"] = draft_ids
         try:
