@@ -73,6 +73,23 @@ def cached_layer(layer: Block, attn_in: torch.Tensor, residual: torch.Tensor, po
     return layer.after_attention(residual, attended, "fast")
 
 
+def official_draft_shape(folder: Path, config: dict, kind: str) -> tuple[int, int, int, int, int, int]:
+    """hidden size, heads, kv heads, head dim, intermediate size and vocabulary of an official
+    one-layer draft's config.json (EAGLE-1/2 and EAGLE-3 name them alike); one line if malformed."""
+    try:
+        dim, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or dim // heads)
+        inter, layers = int(config["intermediate_size"]), int(config["num_hidden_layers"])
+        vocab = int(config["vocab_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SpecbenchError(f"{folder / 'config.json'}: needs integer hidden_size, intermediate_size, "
+                             f"num_attention_heads, num_hidden_layers and vocab_size") from e
+    if layers != 1:
+        raise SpecbenchError(f"{folder}: specbench reads {kind} drafts of one decoder layer, this config has {layers}")
+    return dim, heads, kv_heads, head_dim, inter, vocab
+
+
 def check_official_target(folder: Path, label: str, model: Transformer, dims: tuple[tuple[str, int, int], ...],
                           rope_theta: float, embed: torch.Tensor | None) -> None:
     """One line when an official draft folder was made for another model: dimensions (name, the
@@ -238,17 +255,7 @@ class EagleDraft(Drafter):
         if "draft_vocab_size" in config:
             raise SpecbenchError(f"{folder} holds an EAGLE-3 draft (draft_vocab_size): load it with load_drafter "
                                  f"for method eagle3")
-        try:
-            dim, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-            kv_heads = int(config.get("num_key_value_heads") or heads)
-            head_dim = int(config.get("head_dim") or dim // heads)
-            inter, layers = int(config["intermediate_size"]), int(config["num_hidden_layers"])
-            vocab = int(config["vocab_size"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise SpecbenchError(f"{folder / 'config.json'}: needs integer hidden_size, intermediate_size, "
-                                 f"num_attention_heads, num_hidden_layers and vocab_size") from e
-        if layers != 1:
-            raise SpecbenchError(f"{folder}: an EAGLE-1/2 draft has one decoder layer, this config has {layers}")
+        dim, heads, kv_heads, head_dim, inter, vocab = official_draft_shape(folder, config, "EAGLE-1/2")
         t = model.args
         state = read_weights(folder, OFFICIAL_WEIGHTS)
         check_official_target(folder, "EAGLE", model, (("hidden size", dim, t.hidden_size),

@@ -41,7 +41,8 @@ from torch import nn
 from ..errors import SpecbenchError
 from ..model import Block, KVCache, ModelArgs, RMSNorm, Transformer
 from .base import Drafter, frequent_tokens, read_json, read_weights, target_signature
-from .eagle import cached_layer, check_official_target, official_layer_state, prior_accuracy
+from .eagle import (cached_layer, check_official_target, official_draft_shape, official_layer_state,
+                    prior_accuracy)
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 DEFAULT_DRAFT_VOCAB = 8192     # the default model's head: 8192 x 576 in fp16 = 9.4 MB (a file holds 16 MB)
@@ -222,19 +223,13 @@ class Eagle3Draft(Drafter):
     def from_official(cls, folder: Path, model: Transformer) -> "Eagle3Draft":
         """Read a SpecForge / SGLang / vLLM EAGLE-3 folder; refuse one made for another model."""
         config = read_json(folder / "config.json")
+        dim, heads, kv_heads, head_dim, inter, vocab = official_draft_shape(folder, config, "EAGLE-3")
         try:
-            dim, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-            kv_heads = int(config.get("num_key_value_heads") or heads)
-            head_dim = int(config.get("head_dim") or dim // heads)
-            inter, layers = int(config["intermediate_size"]), int(config["num_hidden_layers"])
-            vocab = int(config["vocab_size"])
             draft_vocab = int(config.get("draft_vocab_size") or vocab)
             target_dim = int(config.get("target_hidden_size") or dim)
-        except (KeyError, TypeError, ValueError) as e:
-            raise SpecbenchError(f"{folder / 'config.json'}: needs integer hidden_size, intermediate_size, "
-                                 f"num_attention_heads, num_hidden_layers and vocab_size") from e
-        if layers != 1:
-            raise SpecbenchError(f"{folder}: specbench reads EAGLE-3 drafts of one decoder layer, this has {layers}")
+        except (TypeError, ValueError) as e:
+            raise SpecbenchError(f"{folder / 'config.json'}: draft_vocab_size and target_hidden_size must be "
+                                 f"integers") from e
         t = model.args
         dims = (("hidden size", dim, t.hidden_size), ("target hidden size", target_dim, t.hidden_size),
                 ("vocabulary", vocab, t.vocab_size), ("head dim", head_dim, t.head_dim))

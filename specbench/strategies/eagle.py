@@ -382,7 +382,7 @@ class Eagle3(Eagle):
     """EAGLE-3: a one-layer draft on fused low/mid/high target features with its own vocabulary drafts a dynamic or static tree.
 
     Options:
-    drafter: None: the one shipped for the default model (none yet: pending its GPU training)
+    drafter: None: the one shipped for the default model
     depth: None: by device
     draft_top_k: None: by device
     total_tokens: None: by device
