@@ -374,11 +374,30 @@ def answer_logprobs(model: Transformer, result: BenchResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _decoded_logits(model: Transformer, prompt: list[int], answer: list[int]) -> torch.Tensor:
+    """The logits vanilla decoding computed for each token of its `answer`, rebuilt as the engine
+    makes them (all but the last prompt token prefilled, then one token per forward), so each row
+    carries the bits vanilla's choice was made on; a single forward over the whole text rounds
+    otherwise and can misstate a near-tie's margin."""
+    device = model.device
+    cache = model.new_cache(len(prompt) + len(answer))
+    if len(prompt) > 1:
+        model(torch.tensor(prompt[:-1], device=device), torch.arange(len(prompt) - 1, device=device), cache,
+              stop_layer=model.args.num_layers)
+        cache.length = len(prompt) - 1
+    rows = []
+    for token in [prompt[-1]] + answer[:-1]:
+        out = model(torch.tensor([token], device=device), torch.tensor([cache.length], device=device), cache)
+        rows.append(out.logits[-1].float())
+        cache.length += 1
+    return torch.stack(rows)
+
+
 def divergence_margins(model: Transformer, result: BenchResult) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Where each answer first differs from its numerics mode's vanilla answer: the target's logit
-    margin (top-1 minus top-2) at that position, from one forward over the prompt and vanilla's
-    tokens before it (model in the run's dtype, numerics of the answer's mode). Also the margins at
-    every position of the vanilla answers, the baseline to compare them with."""
+    margin (top-1 minus top-2) at that position, as vanilla's own decoding computed it (model in
+    the run's dtype, numerics of the answer's mode). Also the margins at every position of the
+    vanilla answers, the baseline to compare them with."""
     prompts = _prompts(model, result)
     cfg = result.config
     refs = {}
@@ -391,21 +410,21 @@ def divergence_margins(model: Transformer, result: BenchResult) -> tuple[pd.Data
     try:
         for mode, ref_label in refs.items():
             model.numerics = mode
+            decoded = {}   # (question, repeat) -> vanilla's logits, one row per answer token
             for a in result.answers:
                 if a["turn"] != 1 or a.get("numerics") != mode:
                     continue
-                ref = by_key[(json.dumps(a["question_id"]), 1, a.get("repeat", 0), ref_label)]
-                prompt = prompts[json.dumps(a["question_id"])]
-                if a["method"] == ref_label:
-                    top2 = _logits(model, prompt + ref["token_ids"]).topk(2, dim=-1).values
-                    gaps = (top2[:, 0] - top2[:, 1])[len(prompt) - 1: len(prompt) - 1 + len(ref["token_ids"])]
-                    baseline += [{"numerics": mode, "margin": float(g)} for g in gaps]
-                    continue
+                key = (json.dumps(a["question_id"]), a.get("repeat", 0))
+                ref = by_key[(key[0], 1, key[1], ref_label)]
+                if key not in decoded:
+                    decoded[key] = _decoded_logits(model, prompts[key[0]], ref["token_ids"])
+                    top2 = decoded[key].topk(2, dim=-1).values
+                    baseline += [{"numerics": mode, "margin": float(g)} for g in top2[:, 0] - top2[:, 1]]
                 mine, theirs = a["token_ids"], ref["token_ids"]
                 i = next((j for j, (x, y) in enumerate(zip(mine, theirs)) if x != y), None)
-                if i is None:
+                if a["method"] == ref_label or i is None:
                     continue
-                row = _logits(model, prompt + theirs[:i])[-1]
+                row = decoded[key][i]
                 top2 = row.topk(2).values
                 divergences.append({"method": a["method"], "numerics": mode, "question_id": a["question_id"],
                                     "position": i, "margin": float(top2[0] - top2[1]),
