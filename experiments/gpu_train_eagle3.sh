@@ -11,7 +11,7 @@
 #   bash experiments/gpu_train_eagle3.sh MODEL.gguf TOKENS.npz MT_BENCH.jsonl
 # TOKENS.npz: `specbench train data --out FILE --conversations 8000` (ShareGPT; .carry/sharegpt-8000.npz).
 # EAGLE3_CONVERSATIONS / EAGLE3_EPOCHS / EAGLE3_LR override the main recipe (6000, 2, 1e-3);
-# ABLATION_CONVERSATIONS the ablation recipe's (3000, 1 epoch); TRAIN_ONLY=1 stops before the benchmarks.
+# ABLATION_CONVERSATIONS the ablation recipe's (2000, 1 epoch); TRAIN_ONLY=1 stops before the benchmarks.
 set -euo pipefail
 model=$1; tokens=$2; questions=$3; work=results/train_eagle3
 sb="python3 -m specbench.cli"
@@ -31,14 +31,12 @@ train() {   # train NAME CONVERSATIONS EPOCHS [extra options]: one draft into $w
 }
 
 train eagle3 "${EAGLE3_CONVERSATIONS:-6000}" "${EAGLE3_EPOCHS:-2}"
-ab=${ABLATION_CONVERSATIONS:-3000}
-train ablation_fused_ttt "$ab" 1
-train ablation_fused_nottt "$ab" 1 --ttt-steps 1
-train ablation_top_ttt "$ab" 1 --features top
-train ablation_top_nottt "$ab" 1 --features top --ttt-steps 1
-train vocab_2048 "$ab" 1 --draft-vocab 2048
-train vocab_4096 "$ab" 1 --draft-vocab 4096
-train vocab_16384 "$ab" 1 --draft-vocab 16384
+ab=${ABLATION_CONVERSATIONS:-2000}
+train ablation_fused_ttt "$ab" 1 --draft-vocab 4096 &
+train ablation_fused_nottt "$ab" 1 --draft-vocab 4096 --ttt-steps 1 &
+train ablation_top_ttt "$ab" 1 --draft-vocab 4096 --features top &
+train ablation_top_nottt "$ab" 1 --draft-vocab 4096 --features top --ttt-steps 1 &
+wait
 [ "${TRAIN_ONLY:-0}" = 1 ] && exit 0
 $sb bench --config experiments/gpu_eagle3.yaml --model "$model" --dataset "$questions" --out "$work/bench"
 $sb bench --config experiments/gpu_eagle3_ablation.yaml --model "$model" --dataset "$questions" \
