@@ -17,7 +17,7 @@ from .model import ForwardOut, KVCache, Transformer
 from .sampling import SamplingParams, process_logits
 from .timing import PhaseTimer
 from .tree import DraftTree, ancestor_mask, depths
-from .verify import TorchRandom, verify_tree, verify_typical
+from .verify import TorchRandom, verify_greedy, verify_tree, verify_typical
 
 
 @dataclass
@@ -63,6 +63,9 @@ class StepResult:
     tokens: list[int]               # tokens committed by this step; the last one is the new root
     logits: torch.Tensor | None     # raw target logits of the forward, rows (root, nodes, aux)
     features: torch.Tensor | None = None   # the proposer's feature_layers at those rows, concatenated
+    # the target's argmax at every row of the forward, read with the step's one transfer (lookahead's
+    # window update needs it, and reading it again would add a host synchronisation)
+    argmax: list[int] = field(default_factory=list)
 
 
 class Proposer:
@@ -102,11 +105,13 @@ class EngineResult:
 
 
 def step_inputs(root: int, tree: DraftTree, length: int, device):
-    """Tokens, positions and the [N, N] mask (None: root alone) of one forward over (root, nodes, aux)."""
+    """Tokens, positions and the [N, N] mask (None: root alone) of one forward over (root, nodes,
+    aux). Built on the host from the tree's shape and sent without waiting for the device."""
     n = tree.size
     if n == 0 and tree.aux_tokens is None:
-        return torch.tensor([root], device=device), torch.tensor([length], device=device), None
-    tokens = [torch.tensor([root], device=device), tree.tokens.to(device)]
+        return torch.tensor([root]).to(device, non_blocking=True), \
+            torch.tensor([length]).to(device, non_blocking=True), None
+    tokens = [torch.tensor([root]).to(device, non_blocking=True), tree.tokens.to(device, non_blocking=True)]
     positions = [length + torch.cat([torch.zeros(1, dtype=torch.long), depths(tree.parents)])]
     mask = ancestor_mask(tree.parents)
     if tree.aux_tokens is not None:
@@ -116,14 +121,34 @@ def step_inputs(root: int, tree: DraftTree, length: int, device):
         full[1 + n:, 0] = tree.aux_mask[:, 0]
         full[1 + n:, 1 + n:] = tree.aux_mask[:, 1:]
         mask = full
-        tokens.append(tree.aux_tokens.to(device))
+        tokens.append(tree.aux_tokens.to(device, non_blocking=True))
         positions.append(tree.aux_positions.cpu())
-    return torch.cat(tokens), torch.cat(positions).to(device), mask.to(device)
+    return torch.cat(tokens), torch.cat(positions).to(device, non_blocking=True), \
+        mask.to(device, non_blocking=True)
 
 
 def features(out: ForwardOut, layers: tuple[int, ...]) -> torch.Tensor | None:
     """The outputs of `layers` side by side, [n, len(layers) * D] (None when no layer is asked)."""
     return torch.cat([out.layer_hidden[i] for i in layers], dim=-1) if layers else None
+
+
+def _commit_greedy(tree: DraftTree, logits: torch.Tensor, mask: torch.Tensor | None, cache: KVCache
+                   ) -> tuple[list[int], list[int], list[int]]:
+    """Greedy verification and the cache commit on the logits' device, then ONE host read: the
+    step's only synchronisation on CUDA. Returns the accepted node indices, the committed tokens
+    (the last one is the new root) and the argmax of every forward row."""
+    n = tree.size
+    argmax = logits.argmax(-1)   # = process_logits' greedy one-hot, without building it
+    anc = mask[1:1 + n, 1:1 + n] if mask is not None else None
+    order, count, next_token = verify_greedy(tree, argmax[: 1 + n], anc)
+    start = cache.length
+    if n:   # move every new row, path first; the length below keeps only root + path
+        cache.compact(torch.cat([order.new_zeros(1), 1 + order]))
+    tokens = tree.tokens.to(argmax.device, non_blocking=True).index_select(0, order)
+    packed = torch.cat([count.view(1), next_token.view(1), order, tokens, argmax]).tolist()
+    k = packed[0]
+    cache.length = start + 1 + k
+    return packed[2:2 + k], packed[2 + n:2 + n + k] + [packed[1]], packed[2 + 2 * n:]
 
 
 @torch.inference_mode()
@@ -163,25 +188,29 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
         if tree.decided is not None:     # a lossy proposer committed the root itself
             assert not proposer.lossless, "only lossy proposers may skip verification"
             cache.length += 1
-            accepted, committed, logits, step_features = [], [tree.decided], None, None
+            accepted, committed, logits, step_features, argmax = [], [tree.decided], None, None, []
         else:
             tokens, positions, mask = step_inputs(ctx.root, tree, cache.length, device)
             out = ctx.forward(tokens, positions, mask, start_layer=tree.resume_layer,
                               hidden=tree.resume_hidden, feature_layers=layers)
             timer.lap("forward")
             logits = out.logits
-            probs = process_logits(logits[: 1 + tree.size], params)
-            if proposer.typical is not None and not params.greedy:
-                result = verify_typical(tree, probs, *proposer.typical, rng)
-            else:
-                result = verify_tree(tree, probs, params.greedy, rng)
-            cache.compact([0] + [1 + i for i in result.accepted])
-            accepted = result.accepted
             step_features = features(out, layers)
+            if params.greedy:
+                accepted, committed, argmax = _commit_greedy(tree, logits, mask, cache)
+            else:
+                probs = process_logits(logits[: 1 + tree.size], params)
+                if proposer.typical is not None:
+                    result = verify_typical(tree, probs, *proposer.typical, rng)
+                else:
+                    result = verify_tree(tree, probs, False, rng)
+                cache.compact([0] + [1 + i for i in result.accepted])
+                accepted = result.accepted
+                committed = [int(t) for t in tree.tokens[accepted].tolist()] + [result.next_token]
+                argmax = logits.argmax(-1).tolist()
             if layers:
                 row = 1 + accepted[-1] if accepted else 0
                 ctx.root_features = step_features[row:row + 1]
-            committed = [int(t) for t in tree.tokens[accepted].tolist()] + [result.next_token]
         timer.lap("verify")
         draft_tokens.append(tree.size)
         # stop at EOS or at the budget; tokens past them are dropped (a prefix of a lossless
@@ -197,7 +226,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
         new.extend(committed[:take])
         ctx.tokens.extend(committed[:take])
         accepted_lengths.append(take)
-        proposer.accept(ctx, StepResult(accepted, committed, logits, step_features))
+        proposer.accept(ctx, StepResult(accepted, committed, logits, step_features, argmax))
         timer.lap("host")
     sync()
     wall = time.perf_counter() - start
@@ -212,5 +241,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
         "lossless": proposer.lossless,
         "phase_time_s": timer.totals(),   # see specbench.timing.PHASES
     }
+    if timer.syncs is not None:           # inside specbench.timing.counting_syncs()
+        stats["host_syncs"] = timer.syncs
     stats.update(proposer.stats())
     return EngineResult(new, stats)

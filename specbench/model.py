@@ -225,15 +225,22 @@ class KVCache:
             raise ValueError(f"cannot truncate a cache of {self.max_len} slots to {length}")
         self.length = length
 
-    def compact(self, keep: list[int]) -> None:
+    def compact(self, keep: list[int] | torch.Tensor) -> None:
         """Commit the new entries at offsets `keep` (ascending, relative to `length`) in order.
 
         The accepted path of a token tree moves into the slots right after the committed ones; a
-        chain whose accepted prefix is already in place costs no copy.
+        chain whose accepted prefix is already in place costs no copy. A device tensor of offsets
+        is used as it is, without reading it (the engine's greedy CUDA step: it passes every new
+        row, path first, and truncates to the path once it has read the path's length).
         """
         start = self.length
-        if keep != list(range(len(keep))):
-            src = torch.tensor(keep, device=self.k.device) + start
+        if isinstance(keep, torch.Tensor):
+            src = keep + start
+        elif keep != list(range(len(keep))):
+            src = torch.tensor(keep).to(self.k.device, non_blocking=True) + start
+        else:
+            src = None
+        if src is not None:
             dst = slice(start, start + len(keep))
             self.k[:, :, dst] = self.k[:, :, src]
             self.v[:, :, dst] = self.v[:, :, src]

@@ -8,12 +8,37 @@ the events are resolved once by `totals()`, which the engine calls after its fin
 There, a phase's time is the stretch of the device timeline between its two events: host work
 that the device waits for is charged to the phase that does it, device work queued ahead of the
 host to the phase during which it finishes.
+
+Inside `counting_syncs()` (CUDA), the timer also counts the host synchronisations of each phase
+(torch's sync debug mode reports every synchronising call), and the engine puts them in
+`stats["host_syncs"]`: how the speed issue's "one synchronisation per step" is checked.
 """
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+
+_sync_log: list[warnings.WarningMessage] | None = None   # set inside counting_syncs()
+
+
+@contextmanager
+def counting_syncs() -> Iterator[None]:
+    """Within the block, every generation on CUDA counts its host synchronisations per phase
+    (slower: each one raises a warning, which this block records instead of printing)."""
+    global _sync_log
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _sync_log = caught
+            yield
+    finally:
+        _sync_log = None
+        torch.cuda.set_sync_debug_mode("default")
 
 PHASES = ("prefill", "draft", "forward", "verify", "host")
 """prefill: cache setup, the prompt's forward and the proposer's begin(); draft: propose();
@@ -29,6 +54,8 @@ class PhaseTimer:
         self._last = time.perf_counter()
         if self.cuda:
             self._events.append(("", self._record()))
+        self.syncs = dict.fromkeys(PHASES, 0) if self.cuda and _sync_log is not None else None
+        self._seen = len(_sync_log) if self.syncs is not None else 0
 
     @staticmethod
     def _record() -> torch.cuda.Event:
@@ -37,7 +64,10 @@ class PhaseTimer:
         return event
 
     def lap(self, phase: str) -> None:
-        """Charge the time since the previous lap to `phase`."""
+        """Charge the time since the previous lap (and its synchronisations, when counted) to `phase`."""
+        if self.syncs is not None:
+            self.syncs[phase] += sum("synchroniz" in str(w.message) for w in _sync_log[self._seen:])
+            self._seen = len(_sync_log)
         if self.cuda:
             self._events.append((phase, self._record()))
             return

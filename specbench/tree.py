@@ -4,6 +4,9 @@ Node 0 of every forward is the *root*: the last committed token, whose K/V are n
 Draft nodes are numbered 0..n-1 in topological order (a parent comes before its children) and
 siblings in priority order; `parents[i] == -1` marks a child of the root. A chain is the tree with
 parents = [-1, 0, 1, ...].
+
+`parents` lives on the CPU: the tree's shape is host knowledge (the engine builds positions and the
+attention mask from it without reading the device), while `tokens` and `q` may live on the device.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import torch
 @dataclass
 class DraftTree:
     tokens: torch.Tensor                   # [n] long, drafted tokens
-    parents: torch.Tensor                  # [n] long, parent node index, -1 = child of the root
+    parents: torch.Tensor                  # [n] long on the CPU, parent node index, -1 = child of the root
     # [n, V]: q[i] is the (processed) draft distribution node i was *sampled* from. None means the
     # draft is deterministic (a lookup or a top-k pick), which the verifier treats as a one-hot q.
     q: torch.Tensor | None = None
@@ -40,12 +43,12 @@ class DraftTree:
     @staticmethod
     def chain(tokens: torch.Tensor, q: torch.Tensor | None = None) -> "DraftTree":
         n = int(tokens.numel())
-        return DraftTree(tokens=tokens, parents=torch.arange(-1, n - 1, device=tokens.device), q=q)
+        return DraftTree(tokens=tokens, parents=torch.arange(-1, n - 1), q=q)
 
     @staticmethod
     def empty(device: torch.device | str = "cpu") -> "DraftTree":
-        e = torch.zeros(0, dtype=torch.long, device=device)
-        return DraftTree(tokens=e, parents=e.clone())
+        return DraftTree(tokens=torch.zeros(0, dtype=torch.long, device=device),
+                         parents=torch.zeros(0, dtype=torch.long))
 
 
 def depths(parents: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 
 from .errors import SpecbenchError
 from .sampling import sample
-from .tree import DraftTree
+from .tree import DraftTree, ancestor_mask
 
 
 class RandomSource(Protocol):
@@ -57,10 +57,13 @@ def verify_tree(tree: DraftTree, p: torch.Tensor, greedy: bool, rng: RandomSourc
     n = tree.size
     if p.dim() != 2 or p.shape[0] != 1 + n:
         raise SpecbenchError(f"verify_tree: p must be [1 + {n}, V], got {list(p.shape)}")
+    if greedy:
+        anc = ancestor_mask(tree.parents)[1:, 1:].to(p.device, non_blocking=True)
+        order, count, next_token = verify_greedy(tree, p.argmax(-1), anc)
+        packed = torch.cat([count.view(1), next_token.view(1), order]).tolist()
+        return VerifyResult(packed[2:2 + packed[0]], packed[1])
     tokens: list[int] = tree.tokens.tolist()
     parents: list[int] = tree.parents.tolist()
-    if greedy:
-        return _verify_greedy(tokens, parents, p.argmax(-1).tolist())
 
     dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
     p = p.detach().to("cpu", dtype)
@@ -105,27 +108,36 @@ def _residual(r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return res / mass if mass > 0.0 else r
 
 
-def _verify_greedy(tokens: list[int], parents: list[int], argmax: list[int]) -> VerifyResult:
-    """Longest path whose every token is the target argmax at its parent; exact, no randomness."""
-    accepted = deepest_path(parents, [t == argmax[parent + 1] for t, parent in zip(tokens, parents)])
-    return VerifyResult(accepted, argmax[accepted[-1] + 1 if accepted else 0])
+def verify_greedy(tree: DraftTree, argmax: torch.Tensor, anc: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedy verification on argmax's device, reading nothing back to the host (so a CUDA step
+    keeps one synchronisation, the engine's). argmax [1 + n]: the target's choice after the root
+    and after each node; anc [n, n]: the nodes' ancestor-or-self mask. Returns (order, count,
+    next_token) as `deepest_ok_path`, next_token [] being the argmax after the path's last node."""
+    if tree.size == 0:
+        return tree.parents.to(argmax.device), argmax.new_zeros(()), argmax[0]
+    parents = tree.parents.to(argmax.device, non_blocking=True)
+    ok = tree.tokens.to(argmax.device, non_blocking=True) == argmax.index_select(0, parents + 1)
+    order, count = deepest_ok_path(anc, ok)
+    last = order.index_select(0, (count - 1).clamp_min(0).view(1)) + 1
+    row = torch.where(count > 0, last, torch.zeros_like(last))
+    return order, count, argmax.index_select(0, row)[0]
 
 
-def deepest_path(parents: list[int], ok: list[bool]) -> list[int]:
-    """The deepest root-to-node path whose every node is ok (the earlier node on ties), root side
-    first; [] when no child of the root is ok."""
-    depth = [0] * len(parents)   # depth of an ok node on an all-ok path, 0 where the path breaks
-    best = -1
-    for i, parent in enumerate(parents):
-        if ok[i] and (parent < 0 or depth[parent] > 0):
-            depth[i] = 1 + (depth[parent] if parent >= 0 else 0)
-            if best < 0 or depth[i] > depth[best]:
-                best = i
-    path: list[int] = []
-    while best >= 0:
-        path.append(best)
-        best = parents[best]
-    return path[::-1]
+def deepest_ok_path(anc: torch.Tensor, ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The deepest root-to-node path whose every node is ok (the earlier node on ties), computed
+    with tensor operations only (no host read, no data-dependent shape).
+
+    anc [n, n] bool: anc[i, j] says node j is an ancestor-or-self of node i; ok [n] bool (n >= 1).
+    Returns order [n] (the path's nodes root side first, then every other node) and count [] (the
+    path's length; 0 when no child of the root is ok).
+    """
+    holds = ~(anc & ~ok[None, :]).any(-1)          # every node from the root down to i is ok
+    score = anc.sum(-1) * holds                     # i's depth where the path holds, else 0
+    best = score.argmax().view(1)                   # argmax returns the first maximum
+    on_path = anc.index_select(0, best)[0] & (score.max() > 0)
+    order = torch.argsort((~on_path).long(), stable=True)   # topological order: root side first
+    return order, on_path.sum()
 
 
 def verify_typical(tree: DraftTree, p: torch.Tensor, threshold: float, alpha: float,
@@ -140,7 +152,10 @@ def verify_typical(tree: DraftTree, p: torch.Tensor, threshold: float, alpha: fl
     p = p.detach().to("cpu", torch.float64)
     entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
     bound = torch.minimum(torch.full_like(entropy, threshold), alpha * torch.exp(-entropy))
-    tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
-    plausible = [bool(p[parent + 1, x] > bound[parent + 1]) for x, parent in zip(tokens, parents)]
-    accepted = deepest_path(parents, plausible)
+    rows = tree.parents + 1
+    plausible = p[rows, tree.tokens.cpu()] > bound[rows]
+    accepted: list[int] = []
+    if n:
+        order, count = deepest_ok_path(ancestor_mask(tree.parents)[1:, 1:], plausible)
+        accepted = order[: int(count)].tolist()
     return VerifyResult(accepted, rng.categorical(p[accepted[-1] + 1 if accepted else 0]))

@@ -51,6 +51,27 @@ def test_greedy_identical_float64(seed, tree):
         assert out.stats["lossless"] is True
 
 
+@pytest.mark.parametrize("tree", ["dynamic", "static"])
+def test_overflowing_draft_rows_rank_last(target, tree, monkeypatch):
+    """A draft row of NaN log-probabilities (a random bf16 draft overflowed on CUDA) must not
+    break the tree: NaN sorted above its parent, so a kept node lost its parent and the engine
+    failed (tree.depths: IndexError, before the fix). Its nodes now rank last, and decoding stays
+    greedy-identical."""
+    rows = eagle_strategy.DraftStep.rows
+
+    def overflowing(self, *args):     # the second row of every beam level overflows
+        h = rows(self, *args)
+        return h.index_fill(0, torch.tensor([1]), float("nan")) if h.shape[0] > 1 else h
+
+    monkeypatch.setattr(eagle_strategy.DraftStep, "rows", overflowing)
+    drafter = specbench.random_drafter(target, "eagle", seed=1)
+    prompt = [1, 2, 3, 4]
+    vanilla = specbench.generate(target, prompt, max_new_tokens=24).token_ids
+    out = specbench.generate(target, prompt, method="eagle", drafter=drafter, tree=tree, max_new_tokens=24,
+                             depth=4, draft_top_k=4, total_tokens=12)
+    assert out.token_ids == vanilla
+
+
 @pytest.mark.parametrize("tree", ["dynamic", "static", [[0], [1], [0, 0], [0, 1], [0, 0, 0], [1, 0], [0, 0, 0, 0]]])
 def test_trained_draft_greedy_identical_and_accepts_deeply(target, trained, tree):
     accepted = []

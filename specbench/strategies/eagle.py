@@ -190,6 +190,9 @@ class DraftStep:
         EAGLE-3's own head), over its tokens (-inf elsewhere)."""
         logits, ids = (h @ self.head.T, self.vocab) if self.vocab is not None else self.drafter.draft_logits(h, self.model)
         logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
+        # a row that overflowed (NaN: a random bf16 draft on CUDA did) ranks last; NaN would sort
+        # above its parent and leave a kept node without its parent
+        logp = logp.masked_fill(logp.isnan(), float("-inf"))
         if ids is None:
             return logp
         full = logp.new_full((logp.shape[0], self.model.args.vocab_size), float("-inf"))
@@ -371,8 +374,10 @@ class Eagle(Proposer):
 
     def accept(self, ctx: DecodeContext, step: StepResult) -> None:
         # the committed tokens pair with the target's features at the rows that produced them
-        rows = torch.tensor([0] + [1 + i for i in step.accepted], device=step.features.device)
-        self.pending = (torch.tensor(step.tokens, device=self.model.device), step.features[rows])
+        # (sent without waiting for the device: the engine's read is the step's one synchronisation)
+        rows = torch.tensor([0] + [1 + i for i in step.accepted]).to(step.features.device, non_blocking=True)
+        tokens = torch.tensor(step.tokens).to(self.model.device, non_blocking=True)
+        self.pending = (tokens, step.features[rows])
 
     def stats(self) -> dict:
         return {"tree": self.tree_kind, "tree_nodes": self.plan.size}

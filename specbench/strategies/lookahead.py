@@ -196,9 +196,9 @@ class Lookahead(Proposer):
         offsets, aux_mask = lookahead_mask(self.window, levels)
         aux = self.grid[0][1:] + [t for level in self.grid[1:] for t in level]
         self._step = (root, len(tokens), levels)
-        return DraftTree(tokens=torch.tensor(tokens, dtype=torch.long, device=device),
-                         parents=torch.tensor(parents, dtype=torch.long, device=device),
-                         aux_tokens=torch.tensor(aux, dtype=torch.long, device=device),
+        return DraftTree(tokens=torch.tensor(tokens, dtype=torch.long).to(device, non_blocking=True),
+                         parents=torch.tensor(parents, dtype=torch.long),
+                         aux_tokens=torch.tensor(aux, dtype=torch.long).to(device, non_blocking=True),
                          aux_positions=offsets + r, aux_mask=aux_mask)
 
     def accept(self, ctx: DecodeContext, step: StepResult) -> None:
@@ -214,7 +214,7 @@ class Lookahead(Proposer):
         else:
             first = 1 + n + W - 1 + (levels - 1) * W
             rows = list(range(first, first + W))
-        new = step.logits[rows].argmax(-1).tolist()
+        new = [step.argmax[row] for row in rows]
         if levels == N - 2:   # full window: column j is an n-gram at consecutive positions
             for j in range(W):
                 key = root if j == 0 else self.grid[0][j]

@@ -47,8 +47,8 @@ class Medusa(Proposer):
             tree = DEFAULT_TREE_SIZE.get(model.device.type, DEFAULT_TREE_SIZE["cuda"])
         self.paths = medusa_tree(self.drafter.rank_accuracy, tree) if isinstance(tree, int) \
             else check_tree(tree, heads, model.args.vocab_size)
-        self.parents, self.head, rank = (t.to(model.device) for t in tree_arrays(self.paths))
-        self.rank = rank
+        self.parents, head, rank = tree_arrays(self.paths)      # parents stay on the CPU (DraftTree)
+        self.head, self.rank = head.to(model.device), rank.to(model.device)
         self.topk = int(rank.max()) + 1
         self.max_nodes = len(self.paths)
         self.feature_layers = (model.args.num_layers,)

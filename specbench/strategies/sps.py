@@ -96,7 +96,7 @@ class DraftModel(Proposer):
 
     def propose(self, ctx: DecodeContext) -> DraftTree:
         pending = ctx.tokens[self.cache.length:]          # committed tokens the draft has not seen
-        x = torch.tensor(pending, device=self.draft.device)
+        x = torch.tensor(pending).to(self.draft.device, non_blocking=True)   # no wait for the device
         tokens, qs = [], []
         for _ in range(self.num_draft):
             q = process_logits(self._logits(x), ctx.params)

@@ -1,0 +1,60 @@
+"""On a GPU only (skipped elsewhere): a greedy step synchronises with the host once.
+
+The engine verifies greedily and commits the cache on the device, then reads the step's result in
+one transfer (`engine._commit_greedy`). Proposers that keep their work on the device (vanilla,
+prompt lookup, lookahead, Medusa, sps, EAGLE's static tree) then cost one host synchronisation per
+step in all; the counter is `specbench.timing.counting_syncs` (torch's sync debug mode).
+"""
+import pytest
+import torch
+
+import specbench
+from specbench import engine
+from specbench.timing import counting_syncs
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+STEP_PHASES = ("draft", "forward", "verify", "host")
+
+
+@pytest.fixture(scope="module")
+def target():
+    return specbench.random_model(vocab_size=64, num_layers=3, hidden_size=64, num_heads=4,
+                                  num_kv_heads=2, seed=1).to("cuda")
+
+
+def step_syncs(target, method: str, **options) -> tuple[int, int]:
+    prompt = [1, 2, 3, 4, 5, 1, 2, 3]
+    specbench.generate(target, prompt, method=method, max_new_tokens=8, chat=False, **options)  # capture
+    with counting_syncs():
+        stats = specbench.generate(target, prompt, method=method, max_new_tokens=40, chat=False, **options).stats
+    return sum(stats["host_syncs"][p] for p in STEP_PHASES), stats["steps"]
+
+
+def options_for(target, method: str) -> dict:
+    if method == "medusa":
+        return {"drafter": specbench.random_drafter(target, "medusa", seed=0)}
+    if method == "sps":
+        return {"draft": specbench.random_drafter(target, "draft", seed=0, num_layers=1)}
+    if method == "eagle_static":
+        return {"drafter": specbench.random_drafter(target, "eagle", seed=0), "tree": "static"}
+    return {}
+
+
+@pytest.mark.parametrize("method", ["vanilla", "pld", "lookahead", "medusa", "sps", "eagle_static"])
+def test_one_sync_per_greedy_step(target, method):
+    syncs, steps = step_syncs(target, method.split("_")[0], **options_for(target, method))
+    assert syncs == steps, f"{method}: {syncs} host synchronisations in {steps} steps"
+
+
+def test_an_extra_read_is_counted(target, monkeypatch):
+    """Negative control: a verifier that reads the device once more is caught."""
+    commit = engine._commit_greedy
+
+    def reads_twice(tree, logits, mask, cache):
+        logits.argmax(-1).tolist()
+        return commit(tree, logits, mask, cache)
+
+    monkeypatch.setattr(engine, "_commit_greedy", reads_twice)
+    syncs, steps = step_syncs(target, "vanilla")
+    assert syncs == 2 * steps
