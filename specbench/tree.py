@@ -7,6 +7,9 @@ parents = [-1, 0, 1, ...].
 
 `parents` lives on the CPU: the tree's shape is host knowledge (the engine builds positions and the
 attention mask from it without reading the device), while `tokens` and `q` may live on the device.
+A proposer that shapes its tree on the device (EAGLE-2's dynamic tree) gives `ancestors` there
+instead, and its parents may stay on the device: the engine then builds the step from
+`ancestors` and reads neither back.
 """
 from __future__ import annotations
 
@@ -35,6 +38,9 @@ class DraftTree:
     # Set only by LOSSY proposers: the next token, chosen without target verification; the proposer
     # has already written the root's K/V into the target cache itself.
     decided: int | None = None
+    # [n, n] bool on the device: ancestors[i, j] says node j is an ancestor-or-self of node i (a
+    # tree shaped on the device; see the module docstring). Not with aux nodes.
+    ancestors: torch.Tensor | None = None
 
     @property
     def size(self) -> int:

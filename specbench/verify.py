@@ -152,10 +152,10 @@ def verify_typical(tree: DraftTree, p: torch.Tensor, threshold: float, alpha: fl
     p = p.detach().to("cpu", torch.float64)
     entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
     bound = torch.minimum(torch.full_like(entropy, threshold), alpha * torch.exp(-entropy))
-    rows = tree.parents + 1
+    rows = tree.parents.cpu() + 1
     plausible = p[rows, tree.tokens.cpu()] > bound[rows]
     accepted: list[int] = []
     if n:
-        order, count = deepest_ok_path(ancestor_mask(tree.parents)[1:, 1:], plausible)
+        order, count = deepest_ok_path(ancestor_mask(tree.parents.cpu())[1:, 1:], plausible)
         accepted = order[: int(count)].tolist()
     return VerifyResult(accepted, rng.categorical(p[accepted[-1] + 1 if accepted else 0]))

@@ -2,8 +2,9 @@
 
 The engine verifies greedily and commits the cache on the device, then reads the step's result in
 one transfer (`engine._commit_greedy`). Proposers that keep their work on the device (vanilla,
-prompt lookup, lookahead, Medusa, sps, EAGLE's static tree) then cost one host synchronisation per
-step in all; the counter is `specbench.timing.counting_syncs` (torch's sync debug mode).
+prompt lookup, lookahead, Medusa, sps, EAGLE's static and dynamic trees: the dynamic tree's shape
+stays on the device as its ancestor mask) then cost one host synchronisation per step in all; the
+counter is `specbench.timing.counting_syncs` (torch's sync debug mode).
 """
 import pytest
 import torch
@@ -44,12 +45,12 @@ def options_for(target, method: str) -> dict:
         return {"drafter": specbench.random_drafter(target, "medusa", seed=0)}
     if method == "sps":
         return {"draft": specbench.random_drafter(target, "draft", seed=0, num_layers=1)}
-    if method == "eagle_static":
-        return {"drafter": specbench.random_drafter(target, "eagle", seed=0), "tree": "static"}
+    if method.startswith("eagle"):
+        return {"drafter": specbench.random_drafter(target, "eagle", seed=0), "tree": method.split("_")[1]}
     return {}
 
 
-@pytest.mark.parametrize("method", ["vanilla", "pld", "lookahead", "medusa", "sps", "eagle_static"])
+@pytest.mark.parametrize("method", ["vanilla", "pld", "lookahead", "medusa", "sps", "eagle_static", "eagle_dynamic"])
 def test_one_sync_per_greedy_step(target, method):
     syncs, steps = step_syncs(target, method.split("_")[0], **options_for(target, method))
     assert syncs == steps, f"{method}: {syncs} host synchronisations in {steps} steps"

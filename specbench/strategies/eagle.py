@@ -105,7 +105,20 @@ class DynamicTree:
         keep = order[: self.size].sort().values                            # topological order
         parent_ids = torch.cat(all_parents)[keep]
         parents = torch.where(parent_ids < 0, -1, torch.searchsorted(keep, parent_ids.clamp_min(0)))
-        return torch.cat(all_tokens)[keep], parents
+        return torch.cat(all_tokens)[keep], parents, self.ancestors(parents)
+
+    def ancestors(self, parents: torch.Tensor) -> torch.Tensor:
+        """[T, T] ancestor-or-self mask of the kept nodes, on the device (inside the captured draft
+        step), so the engine never reads the tree's shape back: one walk up per level below the
+        first, with column T standing for the root."""
+        t = parents.shape[0]
+        up = torch.cat([parents, parents.new_full((1,), -1)])          # up[T] = -1: above the root
+        anc = torch.eye(t, t + 1, dtype=torch.bool, device=parents.device)
+        node = torch.where(parents < 0, t, parents)
+        for _ in range(self.depth - 1):
+            anc.scatter_(1, node[:, None], True)
+            node = torch.where(up[node] < 0, t, up[node])
+        return anc[:, :t]
 
 
 class StaticTree:
@@ -170,7 +183,7 @@ class StaticTree:
                 h = step.rows(h[entry["feat_src"]], tok[entry["tok_idx"]], positions, slots,
                               step.tree_mask(cols, committed, entry["anc"]))
                 logp = step.logp(h)
-        return torch.cat(tokens), self.parents_cpu
+        return torch.cat(tokens), self.parents_cpu, None
 
 
 class DraftStep:
@@ -207,7 +220,8 @@ class DraftStep:
 
     def compute(self, tokens: torch.Tensor, raw: torch.Tensor, n: torch.Tensor, base: torch.Tensor, span: int):
         """Rows 0..n-1 of tokens [P] / raw target features [P, D] written from slot `base` on
-        (rows past n are padding); the tree's tokens [T] and parents [T]."""
+        (rows past n are padding); the tree's tokens [T], parents [T] and, for a tree shaped on the
+        device, its ancestor mask [T, T] (else None)."""
         device = tokens.device
         cols = torch.arange(span, device=device)
         slots = base + torch.arange(tokens.shape[0], device=device)
@@ -253,7 +267,7 @@ class GraphedDraftStep(DraftStep):
         self.n.fill_(n)
         self.base.fill_(base)
         self.graph.replay()
-        return self.out[0].clone(), self.out[1] if self.out[1].device.type == "cpu" else self.out[1].clone()
+        return tuple(o if o is None or o.device.type == "cpu" else o.clone() for o in self.out)
 
 
 def draft_step(model: Transformer, drafter: EagleDraft | Eagle3Draft, plan, need: int, draft_vocab: int | None) -> DraftStep:
@@ -367,10 +381,10 @@ class Eagle(Proposer):
         if self.pending is None:
             return DraftTree.empty(self.model.device)
         tokens, raw = self.pending
-        tree_tokens, parents = self.step(tokens, raw, self.length)
+        tree_tokens, parents, ancestors = self.step(tokens, raw, self.length)
         self.length += tokens.shape[0]
         self.pending = None
-        return DraftTree(tokens=tree_tokens, parents=parents.cpu())
+        return DraftTree(tokens=tree_tokens, parents=parents, ancestors=ancestors)
 
     def accept(self, ctx: DecodeContext, step: StepResult) -> None:
         # the committed tokens pair with the target's features at the rows that produced them
