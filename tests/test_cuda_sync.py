@@ -2,7 +2,7 @@
 
 The engine verifies greedily and commits the cache on the device, then reads the step's result in
 one transfer (`engine._commit_greedy`). Proposers that keep their work on the device (vanilla,
-prompt lookup, lookahead, Medusa, sps, EAGLE's static and dynamic trees: the dynamic tree's shape
+prompt lookup, lookahead, self-speculative early exit, Medusa, sps, EAGLE's static and dynamic trees: the dynamic tree's shape
 stays on the device as its ancestor mask) then cost one host synchronisation per step in all; the
 counter is `specbench.timing.counting_syncs` (torch's sync debug mode).
 """
@@ -50,9 +50,11 @@ def options_for(target, method: str) -> dict:
     return {}
 
 
-@pytest.mark.parametrize("method", ["vanilla", "pld", "lookahead", "medusa", "sps", "eagle_static", "eagle_dynamic"])
+@pytest.mark.parametrize("method", ["vanilla", "pld", "lookahead", "early_exit", "medusa", "sps", "eagle_static",
+                                    "eagle_dynamic"])
 def test_one_sync_per_greedy_step(target, method):
-    syncs, steps = step_syncs(target, method.split("_")[0], **options_for(target, method))
+    name = method.split("_")[0] if method.startswith("eagle") else method    # eagle_static: method eagle
+    syncs, steps = step_syncs(target, name, **options_for(target, method))
     assert syncs == steps, f"{method}: {syncs} host synchronisations in {steps} steps"
 
 

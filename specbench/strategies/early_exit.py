@@ -70,12 +70,12 @@ class EarlyExit(Proposer):
                    hidden: torch.Tensor | None, stop_layer: int) -> torch.Tensor:
         """Run one token at slot/position cache.length + offset through layers [start, stop)
         (`hidden` is its residual stream at `start_layer` when that is not 0)."""
-        pos = torch.tensor([ctx.cache.length + offset], device=ctx.model.device)
+        pos = torch.tensor([ctx.cache.length + offset]).to(ctx.model.device, non_blocking=True)   # no wait
         return ctx.forward(token.view(1), pos, None, offset, start_layer, hidden, stop_layer).hidden
 
     def _draft(self, ctx: DecodeContext) -> DraftTree:
         model, k = ctx.model, self.exit_layer
-        token = torch.tensor(ctx.root, device=model.device)
+        token = torch.tensor(ctx.root).to(model.device, non_blocking=True)
         hidden, tokens, qs = [], [], []
         for i in range(self.num_draft + 1):      # the extra pass takes the last draft to layer k
             h = self._one_token(ctx, token, i, 0, None, k)
