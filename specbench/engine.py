@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cuda_graph import BUCKETS, GraphedModel, graphed_model
-from .model import ForwardOut, KVCache, Transformer
+from .model import ForwardOut, KVCache, Transformer, send
 from .sampling import SamplingParams, process_logits
 from .timing import PhaseTimer
 from .tree import DraftTree, ancestor_mask, depths
@@ -108,18 +108,17 @@ def step_inputs(root: int, tree: DraftTree, length: int, device):
     """Tokens, positions and the [N, N] mask (None: root alone) of one forward over (root, nodes,
     aux). Built on the host from the tree's shape and sent without waiting for the device."""
     n = tree.size
+    root = send([root], device)
     if tree.ancestors is not None:   # shaped on the device: mask and depths from its ancestors
         anc = tree.ancestors.to(device)
         mask = torch.zeros(1 + n, 1 + n, dtype=torch.bool, device=device)
         mask[:, 0] = True
         mask[1:, 1:] = anc
         depth = torch.cat([anc.new_zeros(1, dtype=torch.long), anc.sum(-1)])
-        root = torch.tensor([root]).to(device, non_blocking=True)
         return torch.cat([root, tree.tokens.to(device)]), length + depth, mask
     if n == 0 and tree.aux_tokens is None:
-        return torch.tensor([root]).to(device, non_blocking=True), \
-            torch.tensor([length]).to(device, non_blocking=True), None
-    tokens = [torch.tensor([root]).to(device, non_blocking=True), tree.tokens.to(device, non_blocking=True)]
+        return root, send([length], device), None
+    tokens = [root, tree.tokens.to(device, non_blocking=True)]
     positions = [length + torch.cat([torch.zeros(1, dtype=torch.long), depths(tree.parents)])]
     mask = ancestor_mask(tree.parents)
     if tree.aux_tokens is not None:

@@ -191,6 +191,13 @@ class Block(nn.Module):
         return x + numerics.linear(numerics.silu(gate, mode) * up, self.w2, mode)
 
 
+def send(values, device: torch.device | str) -> torch.Tensor:
+    """Host integers (an int or a list) as a long tensor on `device`, copied without waiting for
+    the device: a blocking copy synchronises with the host, and a CUDA step keeps one (README,
+    "Speed")."""
+    return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
+
+
 class KVCache:
     """A static cache allocated once per generation: [layers, kv_heads, max_len, head_dim].
 
@@ -237,7 +244,7 @@ class KVCache:
         if isinstance(keep, torch.Tensor):
             src = keep + start
         elif keep != list(range(len(keep))):
-            src = torch.tensor(keep).to(self.k.device, non_blocking=True) + start
+            src = send(keep, self.k.device) + start
         else:
             src = None
         if src is not None:

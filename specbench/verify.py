@@ -115,7 +115,7 @@ def verify_greedy(tree: DraftTree, argmax: torch.Tensor, anc: torch.Tensor
     and after each node; anc [n, n]: the nodes' ancestor-or-self mask. Returns (order, count,
     next_token) as `deepest_ok_path`, next_token [] being the argmax after the path's last node."""
     if tree.size == 0:
-        return tree.parents.to(argmax.device), argmax.new_zeros(()), argmax[0]
+        return argmax.new_zeros(0), argmax.new_zeros(()), argmax[0]
     parents = tree.parents.to(argmax.device, non_blocking=True)
     ok = tree.tokens.to(argmax.device, non_blocking=True) == argmax.index_select(0, parents + 1)
     order, count = deepest_ok_path(anc, ok)

@@ -45,7 +45,7 @@ from ..drafters.eagle3 import Eagle3Draft
 from ..drafters.medusa import check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
-from ..model import Transformer
+from ..model import Transformer, send
 from ..tree import DraftTree, depths
 
 # default settings per device: a CPU pays per draft level (above all the LM head) and per verified
@@ -388,10 +388,8 @@ class Eagle(Proposer):
 
     def accept(self, ctx: DecodeContext, step: StepResult) -> None:
         # the committed tokens pair with the target's features at the rows that produced them
-        # (sent without waiting for the device: the engine's read is the step's one synchronisation)
-        rows = torch.tensor([0] + [1 + i for i in step.accepted]).to(step.features.device, non_blocking=True)
-        tokens = torch.tensor(step.tokens).to(self.model.device, non_blocking=True)
-        self.pending = (tokens, step.features[rows])
+        rows = send([0] + [1 + i for i in step.accepted], step.features.device)
+        self.pending = (send(step.tokens, self.model.device), step.features[rows])
 
     def stats(self) -> dict:
         return {"tree": self.tree_kind, "tree_nodes": self.plan.size}

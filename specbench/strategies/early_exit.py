@@ -15,7 +15,7 @@ import torch
 
 from ..engine import DecodeContext, Proposer
 from ..errors import SpecbenchError
-from ..model import Transformer
+from ..model import Transformer, send
 from ..options import PositiveInt, Probability
 from ..sampling import draw, process_logits
 from ..tree import DraftTree
@@ -70,12 +70,12 @@ class EarlyExit(Proposer):
                    hidden: torch.Tensor | None, stop_layer: int) -> torch.Tensor:
         """Run one token at slot/position cache.length + offset through layers [start, stop)
         (`hidden` is its residual stream at `start_layer` when that is not 0)."""
-        pos = torch.tensor([ctx.cache.length + offset]).to(ctx.model.device, non_blocking=True)   # no wait
+        pos = send([ctx.cache.length + offset], ctx.model.device)
         return ctx.forward(token.view(1), pos, None, offset, start_layer, hidden, stop_layer).hidden
 
     def _draft(self, ctx: DecodeContext) -> DraftTree:
         model, k = ctx.model, self.exit_layer
-        token = torch.tensor(ctx.root).to(model.device, non_blocking=True)
+        token = send(ctx.root, model.device)
         hidden, tokens, qs = [], [], []
         for i in range(self.num_draft + 1):      # the extra pass takes the last draft to layer k
             h = self._one_token(ctx, token, i, 0, None, k)

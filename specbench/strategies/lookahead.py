@@ -45,6 +45,7 @@ import torch
 
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
+from ..model import send
 from ..options import AtLeast, NonNegativeInt, PositiveInt
 from ..tree import DraftTree
 
@@ -196,9 +197,8 @@ class Lookahead(Proposer):
         offsets, aux_mask = lookahead_mask(self.window, levels)
         aux = self.grid[0][1:] + [t for level in self.grid[1:] for t in level]
         self._step = (root, len(tokens), levels)
-        return DraftTree(tokens=torch.tensor(tokens, dtype=torch.long).to(device, non_blocking=True),
-                         parents=torch.tensor(parents, dtype=torch.long),
-                         aux_tokens=torch.tensor(aux, dtype=torch.long).to(device, non_blocking=True),
+        return DraftTree(tokens=send(tokens, device), parents=torch.tensor(parents, dtype=torch.long),
+                         aux_tokens=send(aux, device),
                          aux_positions=offsets + r, aux_mask=aux_mask)
 
     def accept(self, ctx: DecodeContext, step: StepResult) -> None:

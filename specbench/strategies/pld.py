@@ -2,9 +2,8 @@
 occurrence of the sequence's own last n-gram. No model; deterministic drafts."""
 from __future__ import annotations
 
-import torch
-
 from ..engine import DecodeContext, Proposer
+from ..model import send
 from ..options import PositiveInt
 from ..tree import DraftTree
 
@@ -36,5 +35,4 @@ class PromptLookup(Proposer):
 
     def propose(self, ctx: DecodeContext) -> DraftTree:
         draft = lookup_continuation(ctx.tokens, self.max_ngram, self.num_draft)
-        # non_blocking: a copy from host memory the device need not wait for (no synchronisation)
-        return DraftTree.chain(torch.tensor(draft, dtype=torch.long).to(ctx.model.device, non_blocking=True))
+        return DraftTree.chain(send(draft, ctx.model.device))

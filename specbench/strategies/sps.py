@@ -20,7 +20,7 @@ from ..drafters.base import frequent_tokens
 from ..drafters.draft import DraftLayers, DraftRef, resolve_draft
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
-from ..model import Transformer
+from ..model import Transformer, send
 from ..options import PositiveInt
 from ..sampling import draw, process_logits
 from ..tree import DraftTree
@@ -96,7 +96,7 @@ class DraftModel(Proposer):
 
     def propose(self, ctx: DecodeContext) -> DraftTree:
         pending = ctx.tokens[self.cache.length:]          # committed tokens the draft has not seen
-        x = torch.tensor(pending).to(self.draft.device, non_blocking=True)   # no wait for the device
+        x = send(pending, self.draft.device)
         tokens, qs = [], []
         for _ in range(self.num_draft):
             q = process_logits(self._logits(x), ctx.params)
