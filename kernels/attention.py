@@ -7,8 +7,8 @@ integer tensor on the device: the committed length. Slots below it hold the comm
 start .. start+n-1. Because the length is read on the device, a CUDA graph captured once replays
 at any length, and only the live slots are read: a 4,096-slot cache costs what a 512-slot one does.
 
-Both kernels split the keys into chunks of SPLIT slots (flash-decoding: every chunk is one program
-that writes a partial softmax state) and `_combine_kernel` merges the chunks of each row in order.
+Both kernels split the keys into chunks (flash-decoding: every chunk is one program that writes a
+partial softmax state; `fast_split` slots for `tree_attention`, SPLIT for `invariant_attention`) and `_combine_kernel` merges the chunks of each row in order.
 
 * `tree_attention` (numerics "fast"): the keys in slot order; the new tokens see each other through
   an [n, n] mask (a token tree; None = causal). A program serves a block of tokens, so the K/V
@@ -29,6 +29,16 @@ import triton.language as tl
 from ._common import check_dtype, dot, emulate_dots, pad
 
 SPLIT = 256          # slots (or positions) per program; fixed, so the reduction order is fixed
+
+
+def fast_split(kv_heads: int) -> int:
+    """Slots per program of `tree_attention`. At batch 1 there are few (kv head, chunk) programs,
+    so few kv heads want short chunks: on an H200, graph-replayed, 64 was the fastest of 32-256 for
+    3 kv heads at 1-64 new tokens and live lengths 200-1,500 (a one-token step 6.0 us against 8.7 us
+    with 256 at length 500), 128 about the best for 8 and 32 kv heads
+    (docs/results/gpu_attention_splits_h200/splits.csv, `python -m specbench_kernels.gpu_check
+    OUT splits`). Fixed per model, so a row's reduction order still does not depend on the length."""
+    return 64 if kv_heads <= 4 else 128
 BLOCK_N = 64         # keys per inner step
 
 
@@ -187,12 +197,14 @@ def _combine(pm, pl, pacc, ends: torch.Tensor, q: torch.Tensor, nsplit: int, dpa
 
 
 def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
-                   mask: torch.Tensor | None, split: int = SPLIT) -> torch.Tensor:
+                   mask: torch.Tensor | None, split: int | None = None) -> torch.Tensor:
     """Attention of q [n, heads, d] over the committed slots [0, start) and the new tokens at
-    [start, start + n), which see each other through mask [n, n] (bool; None = causal)."""
+    [start, start + n), which see each other through mask [n, n] (bool; None = causal), in chunks
+    of `split` slots (None: `fast_split`)."""
     _check(q, k_cache, v_cache, start)
     n, heads, d = q.shape
     kv_heads, slots, _ = k_cache.shape
+    split = split or fast_split(kv_heads)
     group = heads // kv_heads
     gpad = triton.next_power_of_2(group)
     rows = max(gpad, 16 if n * gpad <= 16 else 64)

@@ -15,6 +15,9 @@ Stages (all by default; each writes its CSV into OUTDIR, and summary.json sums t
 * ``timing`` (timing.csv): a decode step (one token, live length 200) in a 512-slot and a
   4,096-slot cache, both numerics modes, compiled graphs (goal: within 10%); the attention kernel
   alone at the same lengths, beside SDPA over the whole masked cache (the path it replaced).
+* ``splits`` (splits.csv): `tree_attention` with each split size (slots per program) at 1..64 new
+  tokens and several live lengths, 50 calls captured in one CUDA graph so launch overhead does not
+  hide the kernels' own time; the fast path's split size is chosen from it.
 
 `model` and `timing` compile CUDA graphs (~20-40 s a shape); where a command's time is limited,
 run the stages as separate commands.
@@ -299,6 +302,49 @@ def timing_checks(length: int = 200, sizes=(512, 4096)) -> list[dict]:
     return out
 
 
+def _graph_microseconds(fn, calls: int = 50) -> float:
+    """Median over 5 replays of one CUDA graph holding `calls` calls of fn: a kernel's own time at
+    batch 1, as a replayed model step sees it (no launch overhead from the host)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / calls)
+    return statistics.median(times)
+
+
+def split_checks(splits=(32, 64, 128, 256), news=(1, 4, 16, 64), lengths=(200, 500, 1500),
+                 slots: int = 2048) -> list[dict]:
+    out = []
+    for name in ("smollm2-135m", "7b-mha", "7b-gqa8"):
+        _, heads, kv_heads, hd, _, _ = MODELS[name]
+        k = _randn(kv_heads, slots, hd, dtype=torch.bfloat16, device="cuda", seed=1)
+        v = _randn(kv_heads, slots, hd, dtype=torch.bfloat16, device="cuda", seed=2)
+        for n in news:
+            q = _randn(n, heads, hd, dtype=torch.bfloat16, device="cuda", seed=0)
+            for length in lengths:
+                st = torch.tensor([length], device="cuda")
+                for split in splits:
+                    us = _graph_microseconds(lambda: tree_attention(q, k, v, st, None, split=split))
+                    out.append({"stage": "splits", "model": name, "new_tokens": n, "live_length": length,
+                                "cache_slots": slots, "split": split, "us": round(us, 2)})
+                print(out[-4:], flush=True)
+    return out
+
+
 # ---- driver -----------------------------------------------------------------------------------
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -311,7 +357,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    stages = {"kernels": lambda: kernel_checks(MODELS, "cuda"), "model": model_checks, "timing": timing_checks}
+    stages = {"kernels": lambda: kernel_checks(MODELS, "cuda"), "model": model_checks, "timing": timing_checks,
+              "splits": split_checks}
     if not argv or any(s not in stages for s in argv[1:]):
         print(f"usage: python -m specbench_kernels.gpu_check OUTDIR [{'|'.join(stages)} ...]", file=sys.stderr)
         return 2

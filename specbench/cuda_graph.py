@@ -11,12 +11,52 @@ its numerics mode (specbench/numerics.py).
 from __future__ import annotations
 
 import os
+import weakref
+from typing import Any, Callable
 
 import torch
 
 from .model import ForwardOut, KVCache, Transformer
 
 BUCKETS = (1, 4, 16, 64, 256)
+
+
+def compiling() -> bool:
+    """Whether captured graphs are torch.compile'd first (the default; SPECBENCH_COMPILE=0 captures
+    the plain PyTorch code, which skips seconds of compilation per shape)."""
+    return os.environ.get("SPECBENCH_COMPILE", "1") != "0"
+
+
+# the owners of the compiled code dynamo holds (see `capture`)
+_compiled_owners: list[weakref.ref] = []
+
+
+def capture(fn: Callable[[], Any], owner: object, compile: bool, pool=None) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """fn (reading and writing static buffers of `owner` only) compiled for its static shapes when
+    `compile`, warmed up on a side stream (compilation, cuBLAS handles) and captured: returns the
+    graph and the outputs its replays overwrite.
+
+    Every capture of one kind compiles the same code object (a method or a lambda), and dynamo
+    keeps compiled code per code object, guarded on the identity of the objects it read; an owner
+    that has died may leave its address to a new one. So once an owner has died, dynamo's cache is
+    dropped before the next compilation rather than trusted (a precaution: it costs recompiling
+    when models or drafters come and go, never a wrong graph)."""
+    if compile:
+        if any(ref() is None for ref in _compiled_owners):
+            torch._dynamo.reset()
+            _compiled_owners.clear()
+        _compiled_owners.append(weakref.ref(owner))
+    step = torch.compile(fn, dynamic=False) if compile else fn
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = step()
+    return graph, out
 
 
 def bucket(n: int) -> int:
@@ -39,22 +79,14 @@ class GraphedForward:
         self.positions = torch.zeros(n, dtype=torch.long, device=device)
         # warm-up and capture write to the last slots, never used by a generation in progress
         self.start = torch.full((1,), size - n, dtype=torch.long, device=device)
-        self.mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        self.causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        self.mask = self.causal.clone()
         self.hidden = torch.zeros(n, model.args.hidden_size, dtype=model.dtype, device=device)
         # every bucket compiles for its own static token count: with dynamo's automatic dynamic
         # shapes the second bucket would compile a symbolic count that all later buckets share,
         # and kernels for a symbolic size were measured slower (a 4-token forward cost 1.8x the
         # one-token step on the default model)
-        step = torch.compile(self._forward, dynamic=False) if compile else self._forward
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):       # warm-up outside the graph (compilation, cuBLAS handles)
-                step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.out = step()
+        self.graph, self.out = capture(self._forward, self, compile, pool)
 
     def _forward(self) -> tuple[torch.Tensor, ...]:
         out = self.model(self.tokens, self.positions, self.cache, self.mask, start=self.start,
@@ -67,14 +99,14 @@ class GraphedForward:
 
 class GraphedModel:
     """A model's static cache and its captured forwards, kept across generations (capturing and
-    compiling costs seconds; SPECBENCH_COMPILE=0 captures the plain PyTorch forward instead)."""
+    compiling costs seconds; see `compiling`)."""
 
     def __init__(self, model: Transformer, max_len: int):
         self.model = model
         self.cache = model.new_cache(max_len)
         self.graphs: dict[tuple, GraphedForward] = {}
         self.pool = torch.cuda.graph_pool_handle()
-        self.compile = os.environ.get("SPECBENCH_COMPILE", "1") != "0"
+        self.compile = compiling()
         # every captured shape compiles `GraphedForward._forward` anew; a benchmark of several
         # methods needs more than dynamo's default of 8 compilations of one function
         torch._dynamo.config.recompile_limit = 256
@@ -105,7 +137,7 @@ class GraphedModel:
         g.positions[n:] = 0
         g.start.fill_(length)                               # pads write past the real tokens
         if mask is None:
-            g.mask.copy_(torch.ones(b, b, dtype=torch.bool, device=g.mask.device).tril())
+            g.mask.copy_(g.causal)
         else:
             g.mask.fill_(False)
             g.mask[:n, :n] = mask

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ..cuda_graph import BUCKETS
+from ..cuda_graph import BUCKETS, capture, compiling
 from ..drafters import Drafter, resolve_drafter
 from ..drafters.base import frequent_tokens
 from ..drafters.eagle import EagleDraft
@@ -235,9 +235,9 @@ class DraftStep:
 
 
 class GraphedDraftStep(DraftStep):
-    """The same step captured in one CUDA graph over static buffers: pending rows padded to
-    `pending` (they write past the committed rows, where tree rows or later steps overwrite them),
-    attention over the whole cache with masks."""
+    """The same step compiled and captured in one CUDA graph over static buffers (see
+    `cuda_graph.capture`): pending rows padded to `pending` (they write past the committed rows,
+    where tree rows or later steps overwrite them), attention over the whole cache with masks."""
 
     def __init__(self, model: Transformer, drafter: EagleDraft | Eagle3Draft, plan, max_len: int, vocab: torch.Tensor | None,
                  pending: int):
@@ -249,16 +249,8 @@ class GraphedDraftStep(DraftStep):
         self.n = torch.ones((), dtype=torch.long, device=device)
         # warm-up and capture write the last slots, never used by a generation
         self.base = torch.full((), max_len - pending - plan.tree_rows, dtype=torch.long, device=device)
-        args = (self.tokens, self.raw, self.n, self.base, max_len)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self.compute(*args)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self.compute(*args)
+        self.graph, self.out = capture(lambda: self.compute(self.tokens, self.raw, self.n, self.base, max_len),
+                                       self, compiling())
 
     def __call__(self, tokens: torch.Tensor, raw: torch.Tensor, base: int):
         n = tokens.shape[0]
