@@ -262,6 +262,37 @@ def forward_costs(folder: Path, model: Transformer, draft: Transformer, gammas: 
     return costs
 
 
+def profile_verify_costs(profile_csv: Path, sizes: list[int], cache_len: int = 512) -> dict:
+    """From a `specbench profile` CSV: the cost of a target forward over k new tokens in one-token
+    forwards, for each k in sizes. On CUDA a forward is padded to a graph bucket, so k costs what
+    the smallest profiled n >= k does (the profiled n include the buckets); on a CPU the cost is
+    interpolated linearly between the profiled n around k."""
+    df = pd.read_csv(profile_csv)
+    df = df[df["cache_len"] == cache_len].sort_values("new_tokens")
+    ns, xs = df["new_tokens"].tolist(), df["x_step"].tolist()
+    padded = (df["device"] == "cuda").all()
+    costs = {}
+    for k in sizes:
+        i = next(i for i, n in enumerate(ns) if n >= k)
+        if padded or ns[i] == k:
+            costs[str(k)] = float(xs[i])
+        else:
+            share = (k - ns[i - 1]) / (ns[i] - ns[i - 1])
+            costs[str(k)] = float(xs[i - 1] + share * (xs[i] - xs[i - 1]))
+    return costs
+
+
+def sweep_draft_cost(result: BenchResult) -> float:
+    """c for sps from a num_draft sweep's phase times: the slope of draft milliseconds per step
+    over num_draft (one more draft token's cost; the catching-up forward every step pays falls
+    into the intercept) over vanilla's target-forward milliseconds per step."""
+    df = overall(result)
+    sps = df[df["base_method"] == "sps"]
+    slope = statistics.linear_regression(sps["num_draft"].astype(float).tolist(),
+                                         sps["draft_ms"].astype(float).tolist()).slope
+    return slope / float(df.loc[df["base_method"] == "vanilla", "forward_ms"].iloc[0])
+
+
 def sps_theory(result: BenchResult, alpha: float, c: float | None = None,
                verify_costs: dict | None = None) -> pd.DataFrame:
     """Per draft length gamma of the sps runs: measured tokens per step and speedup beside the

@@ -75,6 +75,34 @@ def test_sps_theory_on_the_committed_run():
     assert theory["speedup_leviathan"].isna().all()     # no cost ratio given
 
 
+def _profile_csv(tmp_path, device: str) -> Path:
+    rows = [{"device": device, "cache_len": 512, "new_tokens": n, "x_step": x}
+            for n, x in ((1, 1.0), (2, 1.2), (4, 1.6), (8, 3.2))]
+    path = tmp_path / f"profile_{device}.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_profile_verify_costs_pads_on_cuda_and_interpolates_on_cpu(tmp_path):
+    """A CUDA forward over 3 tokens runs the 4-token bucket; a CPU one costs between 2 and 4."""
+    assert analysis.profile_verify_costs(_profile_csv(tmp_path, "cuda"), [2, 3, 5]) == \
+        {"2": 1.2, "3": 1.6, "5": 3.2}
+    cpu = analysis.profile_verify_costs(_profile_csv(tmp_path, "cpu"), [2, 3, 5])
+    assert cpu == pytest.approx({"2": 1.2, "3": 1.4, "5": 2.0})
+
+
+def test_sweep_draft_cost_is_the_slope_over_the_forward():
+    """The committed H200 sweep: draft milliseconds grow by one draft forward per draft token."""
+    result = read_results(REPO / "docs" / "results" / "gpu_sps_gamma_h200")
+    frame = analysis.overall(result)
+    sps = frame[frame["base_method"] == "sps"].sort_values("num_draft")
+    forward = frame.loc[frame["base_method"] == "vanilla", "forward_ms"].iloc[0]
+    first, last = sps.iloc[0], sps.iloc[-1]
+    chord = (last["draft_ms"] - first["draft_ms"]) / (last["num_draft"] - first["num_draft"]) / forward
+    assert analysis.sweep_draft_cost(result) == pytest.approx(chord, rel=0.05)
+    assert 0 < analysis.sweep_draft_cost(result) < 1
+
+
 def test_read_results_refuses_an_unfinished_folder(tmp_path):
     with pytest.raises(Exception, match="no finished benchmark"):
         read_results(tmp_path)

@@ -13,8 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from ..drafters import Drafter, resolve_drafter
 from ..drafters.medusa import check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer
