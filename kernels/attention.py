@@ -8,7 +8,8 @@ start .. start+n-1. Because the length is read on the device, a CUDA graph captu
 at any length, and only the live slots are read: a 4,096-slot cache costs what a 512-slot one does.
 
 Both kernels split the keys into chunks (flash-decoding: every chunk is one program that writes a
-partial softmax state; `fast_split` slots for `tree_attention`, SPLIT for `invariant_attention`) and `_combine_kernel` merges the chunks of each row in order.
+partial softmax state; `fast_split` slots for `tree_attention`, SPLIT for `invariant_attention`)
+and `_combine_kernel` merges the chunks of each row in order.
 
 * `tree_attention` (numerics "fast"): the keys in slot order; the new tokens see each other through
   an [n, n] mask (a token tree; None = causal). A program serves a block of tokens, so the K/V
@@ -29,6 +30,7 @@ import triton.language as tl
 from ._common import check_dtype, dot, emulate_dots, pad
 
 SPLIT = 256          # slots (or positions) per program; fixed, so the reduction order is fixed
+BLOCK_N = 64         # keys per inner step
 
 
 def fast_split(kv_heads: int) -> int:
@@ -39,7 +41,6 @@ def fast_split(kv_heads: int) -> int:
     (docs/results/gpu_attention_splits_h200/splits.csv, `python -m specbench_kernels.gpu_check
     OUT splits`). Fixed per model, so a row's reduction order still does not depend on the length."""
     return 64 if kv_heads <= 4 else 128
-BLOCK_N = 64         # keys per inner step
 
 
 @triton.jit
