@@ -37,6 +37,18 @@ def dot(a, b, acc, EMULATE: tl.constexpr):
     return acc
 
 
+@triton.jit
+def rounded(x, dtype: tl.constexpr, EMULATE: tl.constexpr):
+    """float32 x rounded to `dtype` (to nearest, ties to even) and widened back to float32. The
+    interpreter truncates float32 -> bfloat16 casts instead (measured, triton 3.x: errors up to one
+    unit in the last place), so there the rounding is done on the bits."""
+    if EMULATE and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    return x.to(dtype).to(tl.float32)
+
+
 def pad(n: int, least: int = 16) -> int:
     """A power of two >= n and >= least (tl.arange and tl.dot need such tile sides)."""
     return max(least, triton.next_power_of_2(n))

@@ -15,6 +15,11 @@ Stages (all by default; each writes its CSV into OUTDIR, and summary.json sums t
 * ``timing`` (timing.csv): a decode step (one token, live length 200) in a 512-slot and a
   4,096-slot cache, both numerics modes, compiled graphs (goal: within 10%); the attention kernel
   alone at the same lengths, beside SDPA over the whole masked cache (the path it replaced).
+* ``skinny`` (skinny.csv): the fused products of fast numerics over 1..16 rows (`skinny_linear`:
+  each of a layer's products with its RMSNorm, SiLU gate or residual add) against their reference
+  at the three models' shapes, and their graph-replayed time with the weights read from memory
+  beside cuBLAS's product alone, for the chosen tiles and a sweep of others (`config` and
+  `handles` are chosen from it).
 * ``splits`` (splits.csv): `tree_attention` with each split size (slots per program) at 1..64 new
   tokens and several live lengths, 50 calls captured in one CUDA graph so launch overhead does not
   hide the kernels' own time; the fast path's split size is chosen from it.
@@ -37,6 +42,9 @@ import torch
 from .attention import attention_reference, invariant_attention, tree_attention
 from .matmul import matmul, matmul_reference
 from .rmsnorm import rms_norm, rms_norm_reference
+from .skinny import config as skinny_config
+from .skinny import handles as skinny_handles
+from .skinny import skinny_linear, skinny_linear_reference
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
@@ -345,6 +353,69 @@ def split_checks(splits=(32, 64, 128, 256), news=(1, 4, 16, 64), lengths=(200, 5
     return out
 
 
+# ---- stage "skinny" ---------------------------------------------------------------------------
+
+SKINNY_SWEEP = [(bn, bk, w) for bn in (4, 8, 16) for bk in (512, 1024, 2048) for w in (4, 8)]
+
+
+def skinny_cases(hidden, heads, kv_heads, hd, inter, vocab, dtype, device, rows):
+    """(name, (x, weight), kwargs) of every fused product of a layer and the LM head over `rows` rows."""
+    def t(*shape, seed, scale=1.0):
+        return _randn(*shape, dtype=dtype, device=device, seed=seed) * scale
+    q = (heads + 2 * kv_heads) * hd
+    norm = 1 + 0.1 * t(hidden, seed=5)
+    return [
+        ("qkv+norm+bias", (3 * t(rows, hidden, seed=1), t(q, hidden, seed=2, scale=hidden ** -0.5)),
+         {"bias": t(q, seed=3), "norm_weight": norm, "eps": 1e-5}),
+        ("o+residual", (t(rows, heads * hd, seed=4), t(hidden, heads * hd, seed=6, scale=(heads * hd) ** -0.5)),
+         {"residual": t(rows, hidden, seed=7)}),
+        ("gate_up+norm+silu", (3 * t(rows, hidden, seed=8), t(2 * inter, hidden, seed=9, scale=hidden ** -0.5)),
+         {"norm_weight": norm, "eps": 1e-5, "gated": True}),
+        ("down+residual", (t(rows, inter, seed=10), t(hidden, inter, seed=11, scale=inter ** -0.5)),
+         {"residual": t(rows, hidden, seed=12)}),
+        ("lm_head+norm", (3 * t(rows, hidden, seed=13), t(vocab, hidden, seed=14, scale=hidden ** -0.5)),
+         {"norm_weight": norm, "eps": 1e-5}),
+    ]
+
+
+def _cold_graph_microseconds(call, weight: torch.Tensor, calls: int = 60) -> float:
+    """`_graph_microseconds` of call(w) over copies of `weight` that together exceed the L2 cache
+    (~50 MB on an H200) several times, taken in turn: the weight comes from memory, as in a
+    forward, where every layer's weights are read once (measured in session 21: a product over
+    L2-resident weights looks 30-40% faster than it runs inside the model)."""
+    copies = [weight.clone() for _ in range(max(2, min(calls, (256 << 20) // (weight.numel() * weight.element_size()))))]
+    count = iter(range(10 ** 9))
+    return _graph_microseconds(lambda: call(copies[next(count) % len(copies)]), calls)
+
+
+def skinny_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.bfloat16, torch.float32),
+                  sweep: bool = True) -> list[dict]:
+    """The fused products of a layer, including those `handles` leaves to cuBLAS (for the record)."""
+    out = []
+    for name, shape in models.items():
+        for dtype in dtypes:
+            if dtype == torch.float32 and name != next(iter(models)):
+                continue
+            for what, (x, w), kwargs in skinny_cases(*shape, dtype, device, 1):
+                got = skinny_linear(x, w, **kwargs)
+                err = rel_err(got, skinny_linear_reference(x, w, **kwargs))
+                n, k = got.shape[1], w.shape[1]
+                row = {"stage": "skinny", "model": name, "what": what, "dtype": str(dtype),
+                       "shape": f"{k}x{w.shape[0]}", "rel_err": err, "tol": TOL[dtype], "ok": err < TOL[dtype],
+                       "used_by_model": skinny_handles(1, w.shape[0], k), "config": "x".join(map(str, skinny_config(n, k, kwargs.get("gated", False))))}
+                if device == "cuda" and dtype == torch.bfloat16:
+                    row["us_fused"] = round(_cold_graph_microseconds(lambda wc: skinny_linear(x, wc, **kwargs), w), 2)
+                    row["us_cublas_product_alone"] = round(_cold_graph_microseconds(
+                        lambda wc: torch.nn.functional.linear(x, wc, kwargs.get("bias")), w), 2)
+                    if sweep:
+                        row["sweep_us"] = {f"{bn}x{bk}w{wp}": round(_cold_graph_microseconds(
+                            lambda wc: skinny_linear(x, wc, **kwargs, block=(bn, bk, wp)), w), 2)
+                            for bn, bk, wp in SKINNY_SWEEP if bk <= 2 * max(512, k)}
+                out.append(row)
+                print(row, flush=True)
+    return out
+
+
 # ---- driver -----------------------------------------------------------------------------------
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -358,7 +429,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     stages = {"kernels": lambda: kernel_checks(MODELS, "cuda"), "model": model_checks, "timing": timing_checks,
-              "splits": split_checks}
+              "splits": split_checks, "skinny": skinny_checks}
     if not argv or any(s not in stages for s in argv[1:]):
         print(f"usage: python -m specbench_kernels.gpu_check OUTDIR [{'|'.join(stages)} ...]", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import torch
 from . import attention as _attention
 from . import matmul as _matmul
 from . import rmsnorm as _rmsnorm
+from . import skinny as _skinny
 
 
 @torch.library.custom_op("specbench::matmul", mutates_args=())
@@ -23,6 +24,18 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) 
 @matmul.register_fake
 def _(x, weight, bias):
     return x.new_empty(x.shape[0], weight.shape[0])
+
+
+@torch.library.custom_op("specbench::skinny_linear", mutates_args=())
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  norm_weight: Optional[torch.Tensor], eps: float, residual: Optional[torch.Tensor],
+                  gated: bool) -> torch.Tensor:
+    return _skinny.skinny_linear(x, weight, bias, norm_weight, eps, residual, gated)
+
+
+@skinny_linear.register_fake
+def _(x, weight, bias, norm_weight, eps, residual, gated):
+    return x.new_empty(x.shape[0], weight.shape[0] // 2 if gated else weight.shape[0])
 
 
 @torch.library.custom_op("specbench::rms_norm", mutates_args=())

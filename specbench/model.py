@@ -165,7 +165,7 @@ class Block(nn.Module):
     def kv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mode: str = "fast"):
         """q, k, v of x [n, D], with RoPE applied to q and k (`mode`: the numerics mode)."""
         a = self.args
-        qkv = numerics.linear(numerics.rms_norm(x, self.attn_norm, mode), self.wqkv, mode)
+        qkv = numerics.fused_linear(x, self.wqkv, mode, norm=self.attn_norm)
         q, k, v = qkv.split([a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim,
                              a.num_kv_heads * a.head_dim], dim=-1)
         q = apply_rope(q.view(-1, a.num_heads, a.head_dim), cos, sin)
@@ -186,9 +186,9 @@ class Block(nn.Module):
 
     def after_attention(self, x, attended, mode: str):
         """The output projection of attention's result [n, heads, d] and the MLP, with residuals."""
-        x = x + numerics.linear(attended.reshape(x.shape[0], -1), self.wo, mode)
-        gate, up = numerics.linear(numerics.rms_norm(x, self.ffn_norm, mode), self.w13, mode).chunk(2, dim=-1)
-        return x + numerics.linear(numerics.silu(gate, mode) * up, self.w2, mode)
+        x = numerics.fused_linear(attended.reshape(x.shape[0], -1), self.wo, mode, residual=x)
+        gated = numerics.fused_linear(x, self.w13, mode, norm=self.ffn_norm, gated=True)
+        return numerics.fused_linear(gated, self.w2, mode, residual=x)
 
 
 def send(values, device: torch.device | str) -> torch.Tensor:
@@ -321,7 +321,7 @@ class Transformer(nn.Module):
     def logits_from(self, hidden: torch.Tensor) -> torch.Tensor:
         """The shared final norm and LM head, on any layer's residual stream (early exit)."""
         mode = self.numerics
-        return numerics.linear(numerics.rms_norm(hidden, self.norm, mode), self.lm_head, mode)
+        return numerics.fused_linear(hidden, self.lm_head, mode, norm=self.norm)
 
     def rope(self, positions: torch.Tensor):
         freqs = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]

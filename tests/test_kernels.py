@@ -17,10 +17,11 @@ import torch  # noqa: E402
 
 import specbench  # noqa: E402
 from specbench import numerics  # noqa: E402
-from specbench_kernels import gpu_check, ops  # noqa: E402
+from specbench_kernels import gpu_check, ops, skinny  # noqa: E402
 from specbench_kernels.attention import attention_reference, invariant_attention, tree_attention  # noqa: E402
 from specbench_kernels.matmul import BLOCK_M, matmul, matmul_reference  # noqa: E402
 from specbench_kernels.rmsnorm import rms_norm, rms_norm_reference  # noqa: E402
+from specbench_kernels.skinny import MAX_ROWS, skinny_linear, skinny_linear_reference  # noqa: E402
 
 from attention_cases import DTYPES, TOL, attention_case, randn, random_tree, rel_err  # noqa: E402, I001
 
@@ -59,6 +60,84 @@ def test_rms_norm_matches_reference_and_is_batch_invariant(dtype, dim):
     assert rel_err(full, rms_norm_reference(x, w, 1e-5)) < TOL[dtype]
     for i in (0, 8):
         assert torch.equal(rms_norm(x[i:i + 1], w, 1e-5), full[i:i + 1])
+
+
+# ---- fused products over few rows (fast numerics) ---------------------------------------------
+
+SKINNY_FUSIONS = {
+    "plain": {},
+    "norm+bias": {"norm": True, "bias": True},
+    "residual": {"residual": True},
+    "norm+gated": {"norm": True, "gated": True},
+    "gated+residual": {"gated": True, "residual": True},
+}
+
+
+def skinny_case(dtype, rows, fusion, k=80, n=50):
+    """x [rows, k], a weight of n (or 2n, gated) rows and the fusion's operands; k, n not multiples
+    of any tile side."""
+    f = SKINNY_FUSIONS[fusion]
+    x, w = 3 * randn(rows, k, dtype=dtype), randn(2 * n if f.get("gated") else n, k, dtype=dtype, seed=1) / k ** 0.5
+    kwargs = {"gated": bool(f.get("gated")),
+              "bias": randn(n, dtype=dtype, seed=2) if f.get("bias") else None,
+              "norm_weight": 1 + 0.1 * randn(k, dtype=dtype, seed=3) if f.get("norm") else None, "eps": 1e-5,
+              "residual": randn(rows, n, dtype=dtype, seed=4) if f.get("residual") else None}
+    return x, w, kwargs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fusion", list(SKINNY_FUSIONS))
+def test_skinny_linear_matches_reference(dtype, fusion):
+    """Each fusion, with the chosen tiles and with small ones (several K steps and column blocks,
+    ragged edges)."""
+    x, w, kwargs = skinny_case(dtype, 1, fusion)
+    ref = skinny_linear_reference(x, w, **kwargs)
+    assert ref.shape == (1, 50)
+    for block in (None, (16, 32, 4)):
+        assert rel_err(skinny_linear(x, w, block=block, **kwargs), ref) < TOL[dtype]
+
+
+def test_skinny_linear_reference_catches_a_missing_fusion():
+    """Negative control: leaving out any fused step misses the reference by far more than TOL."""
+    x, w, kwargs = skinny_case(torch.float32, 1, "norm+bias")
+    assert rel_err(skinny_linear(x, w, bias=kwargs["bias"]), skinny_linear_reference(x, w, **kwargs)) > 0.1
+    x, w, kwargs = skinny_case(torch.float32, 1, "gated+residual")
+    assert rel_err(skinny_linear(x, w, gated=True), skinny_linear_reference(x, w, **kwargs)) > 0.1
+
+
+def test_skinny_linear_refuses_bad_operands():
+    x, w = randn(MAX_ROWS + 1, 8), randn(6, 8, seed=1)
+    with pytest.raises(ValueError, match="one row"):
+        skinny_linear(x, w)
+    with pytest.raises(ValueError, match="gated"):
+        skinny_linear(x[:1], w, bias=randn(3), gated=True)
+    with pytest.raises(ValueError, match="residual"):
+        skinny_linear(x[:1], w, residual=randn(1, 5))
+    with pytest.raises(ValueError, match="bias"):
+        skinny_linear(x[:1], w, bias=randn(8))
+    with pytest.raises(ValueError, match="norm"):
+        skinny_linear(x[:1], w, norm_weight=randn(6))
+
+
+def test_fused_linear_takes_the_kernel_only_without_autograd(kernels_on_cpu, monkeypatch):
+    """Fast numerics on kernels: one row by a small weight runs the fused kernel; under autograd
+    (training a draft), past MAX_ROWS rows or past MAX_WEIGHT the PyTorch ops run."""
+    layer = torch.nn.Linear(24, 10, bias=False)
+    norm = specbench.model.RMSNorm(24, 1e-5)
+    x = randn(MAX_ROWS, 24)
+    with torch.no_grad():
+        fused = numerics.fused_linear(x, layer, "fast", norm=norm)
+        assert torch.equal(fused, skinny_linear(x, layer.weight, norm_weight=norm.weight, eps=1e-5))
+    out = numerics.fused_linear(x, layer, "fast", norm=norm)
+    assert out.grad_fn is not None
+    out.sum().backward()
+    assert layer.weight.grad is not None
+    assert rel_err(out.detach(), fused) < 1e-5
+    many = randn(MAX_ROWS + 1, 24)
+    with torch.no_grad():
+        assert torch.equal(numerics.fused_linear(many, layer, "fast", norm=norm), layer(norm(many)))
+        monkeypatch.setattr(skinny, "MAX_WEIGHT", 239)    # this layer has 240 weights: cuBLAS's size now
+        assert torch.equal(numerics.fused_linear(x, layer, "fast", norm=norm), layer(norm(x)))
 
 
 # ---- attention ------------------------------------------------------------------------------
@@ -143,6 +222,12 @@ def test_key_table_lists_each_tokens_ancestors_by_depth():
     assert causal.tolist() == [[0, -1, -1, -1], [0, 1, -1, -1], [0, 1, 2, -1], [0, 1, 2, 3]]
 
 
+def test_gpu_check_skinny_stage_runs_at_small_shapes():
+    """The GPU check's fused-product stage, interpreted at tiny shapes: every check passes."""
+    rows = gpu_check.skinny_checks({"tiny": (32, 6, 2, 16, 48, 100)}, "cpu")
+    assert len(rows) == 2 * 5 and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+
+
 def test_gpu_check_kernel_stage_runs_at_small_shapes(tmp_path):
     """The GPU check's kernel stage, interpreted at tiny shapes: every check passes, a CSV results."""
     rows = gpu_check.kernel_checks({"tiny": (32, 6, 2, 16, 48, 100)}, "cpu", rows=(1, 5, 70), starts=(0, 45),
@@ -156,7 +241,7 @@ COMPILE_FOR_H200 = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from specbench_kernels import attention as at, matmul as mm, rmsnorm as rn
+from specbench_kernels import attention as at, matmul as mm, rmsnorm as rn, skinny as sk
 
 def build(fn, types, consts):
     sig = {a: "constexpr" if a in consts else types[a] for a in fn.arg_names}
@@ -169,6 +254,9 @@ for dt in ("bf16", "fp32"):
               **ints("M", "N", "K", "stride_xm", "stride_wn", "stride_om")},
               {"HAS_BIAS": True, "EMULATE": False, "BM": 64, "BN": 64, "BK": 64})
     assert ("wgmma" in k.asm["ptx"]) == (dt == "bf16")        # tensor cores for bf16; exact fp32 FMAs
+    build(sk._skinny_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt, "RES": "*" + dt,
+          "OUT": "*" + dt, "eps": "fp32", **ints("N", "K", "stride_wn")},
+          {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False, "BN": 8, "BK": 512})
     build(rn._rms_norm_kernel, {"X": "*" + dt, "W": "*" + dt, "OUT": "*" + dt, "eps": "fp32",
           **ints("D", "stride_x", "stride_o")}, {"BLOCK": 1024})
     common = {"Q": "*" + dt, "K": "*" + dt, "V": "*" + dt, "START": "*i64", "PM": "*fp32", "PL": "*fp32",
@@ -204,6 +292,8 @@ def test_custom_ops_schemas_and_fake_tensors():
     k, v = k.nan_to_num(), v.nan_to_num()
     st = torch.tensor([10])
     cases = [(ops.matmul, (x, w, None)), (ops.rms_norm, (x, w[0], 1e-5)),
+             (ops.skinny_linear, (x[:1], w, None, x[0], 1e-5, None, True)),
+             (ops.skinny_linear, (x[:1], w, randn(40, seed=5), None, 0.0, randn(1, 40, seed=2), False)),
              (ops.tree_attention, (q, k, v, st, mask)),
              (ops.invariant_attention, (q, k, v, st, numerics.key_table(st, mask, positions), positions))]
     for op, args in cases:
