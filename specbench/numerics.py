@@ -71,6 +71,7 @@ def fused_linear(x: torch.Tensor, layer: nn.Linear, mode: str, norm: nn.Module |
     run it as one Triton kernel (specbench_kernels.skinny: a decode step's products are latency, not arithmetic,
     so the norm and the epilogue ride along); otherwise the ops run one by one in `mode`.
     """
+    norm = None if isinstance(norm, nn.Identity) else norm    # EAGLE's draft layer has no input norm
     if mode == "fast" and uses_kernels(x) and _skinny_fits(x, layer):
         return _ops().skinny_linear(x, layer.weight, layer.bias, None if norm is None else norm.weight,
                                     0.0 if norm is None else norm.eps, residual, gated)

@@ -136,6 +136,8 @@ def test_fused_linear_takes_the_kernel_only_without_autograd(kernels_on_cpu, mon
     many = randn(MAX_ROWS + 1, 24)
     with torch.no_grad():
         assert torch.equal(numerics.fused_linear(many, layer, "fast", norm=norm), layer(norm(many)))
+        identity = numerics.fused_linear(x, layer, "fast", norm=torch.nn.Identity())   # EAGLE's layer
+        assert torch.equal(identity, skinny_linear(x, layer.weight))
         monkeypatch.setattr(skinny, "MAX_WEIGHT", 239)    # this layer has 240 weights: cuBLAS's size now
         assert torch.equal(numerics.fused_linear(x, layer, "fast", norm=norm), layer(norm(x)))
 
