@@ -5,7 +5,7 @@ would collide with the PyPI package of that name). Modules:
 
 * `matmul`: batch-invariant x W^T on fixed tiles (`matmul_reference`: float64).
 * `rmsnorm`: batch-invariant RMSNorm, a row per program (`rms_norm_reference`).
-* `skinny`: fast numerics' matrix products over at most 16 rows, each fused with the RMSNorm
+* `skinny`: fast numerics' one-row matrix products by small weights, each fused with the RMSNorm
   before it or the SiLU gate / residual add after it (`skinny_linear_reference`).
 * `attention`: `tree_attention` (numerics "fast") and `invariant_attention` (numerics
   "batch_invariant") over the live slots of a static cache, split over the context in fixed

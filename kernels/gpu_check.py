@@ -15,7 +15,7 @@ Stages (all by default; each writes its CSV into OUTDIR, and summary.json sums t
 * ``timing`` (timing.csv): a decode step (one token, live length 200) in a 512-slot and a
   4,096-slot cache, both numerics modes, compiled graphs (goal: within 10%); the attention kernel
   alone at the same lengths, beside SDPA over the whole masked cache (the path it replaced).
-* ``skinny`` (skinny.csv): the fused products of fast numerics over 1..16 rows (`skinny_linear`:
+* ``skinny`` (skinny.csv): the fused one-row products of fast numerics (`skinny_linear`:
   each of a layer's products with its RMSNorm, SiLU gate or residual add) against their reference
   at the three models' shapes, and their graph-replayed time with the weights read from memory
   beside cuBLAS's product alone, for the chosen tiles and a sweep of others (`config` and
@@ -30,6 +30,7 @@ run the stages as separate commands.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import statistics
@@ -358,22 +359,22 @@ def split_checks(splits=(32, 64, 128, 256), news=(1, 4, 16, 64), lengths=(200, 5
 SKINNY_SWEEP = [(bn, bk, w) for bn in (4, 8, 16) for bk in (512, 1024, 2048) for w in (4, 8)]
 
 
-def skinny_cases(hidden, heads, kv_heads, hd, inter, vocab, dtype, device, rows):
-    """(name, (x, weight), kwargs) of every fused product of a layer and the LM head over `rows` rows."""
+def skinny_cases(hidden, heads, kv_heads, hd, inter, vocab, dtype, device):
+    """(name, (x, weight), kwargs) of every fused product of a layer and the LM head, for one row."""
     def t(*shape, seed, scale=1.0):
         return _randn(*shape, dtype=dtype, device=device, seed=seed) * scale
     q = (heads + 2 * kv_heads) * hd
     norm = 1 + 0.1 * t(hidden, seed=5)
     return [
-        ("qkv+norm+bias", (3 * t(rows, hidden, seed=1), t(q, hidden, seed=2, scale=hidden ** -0.5)),
+        ("qkv+norm+bias", (3 * t(1, hidden, seed=1), t(q, hidden, seed=2, scale=hidden ** -0.5)),
          {"bias": t(q, seed=3), "norm_weight": norm, "eps": 1e-5}),
-        ("o+residual", (t(rows, heads * hd, seed=4), t(hidden, heads * hd, seed=6, scale=(heads * hd) ** -0.5)),
-         {"residual": t(rows, hidden, seed=7)}),
-        ("gate_up+norm+silu", (3 * t(rows, hidden, seed=8), t(2 * inter, hidden, seed=9, scale=hidden ** -0.5)),
+        ("o+residual", (t(1, heads * hd, seed=4), t(hidden, heads * hd, seed=6, scale=(heads * hd) ** -0.5)),
+         {"residual": t(1, hidden, seed=7)}),
+        ("gate_up+norm+silu", (3 * t(1, hidden, seed=8), t(2 * inter, hidden, seed=9, scale=hidden ** -0.5)),
          {"norm_weight": norm, "eps": 1e-5, "gated": True}),
-        ("down+residual", (t(rows, inter, seed=10), t(hidden, inter, seed=11, scale=inter ** -0.5)),
-         {"residual": t(rows, hidden, seed=12)}),
-        ("lm_head+norm", (3 * t(rows, hidden, seed=13), t(vocab, hidden, seed=14, scale=hidden ** -0.5)),
+        ("down+residual", (t(1, inter, seed=10), t(hidden, inter, seed=11, scale=inter ** -0.5)),
+         {"residual": t(1, hidden, seed=12)}),
+        ("lm_head+norm", (3 * t(1, hidden, seed=13), t(vocab, hidden, seed=14, scale=hidden ** -0.5)),
          {"norm_weight": norm, "eps": 1e-5}),
     ]
 
@@ -383,9 +384,9 @@ def _cold_graph_microseconds(call, weight: torch.Tensor, calls: int = 60) -> flo
     (~50 MB on an H200) several times, taken in turn: the weight comes from memory, as in a
     forward, where every layer's weights are read once (measured in session 21: a product over
     L2-resident weights looks 30-40% faster than it runs inside the model)."""
-    copies = [weight.clone() for _ in range(max(2, min(calls, (256 << 20) // (weight.numel() * weight.element_size()))))]
-    count = iter(range(10 ** 9))
-    return _graph_microseconds(lambda: call(copies[next(count) % len(copies)]), calls)
+    count = max(2, min(calls, (256 << 20) // (weight.numel() * weight.element_size())))
+    copies = itertools.cycle([weight.clone() for _ in range(count)])
+    return _graph_microseconds(lambda: call(next(copies)), calls)
 
 
 def skinny_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.bfloat16, torch.float32),
@@ -396,13 +397,14 @@ def skinny_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.bfl
         for dtype in dtypes:
             if dtype == torch.float32 and name != next(iter(models)):
                 continue
-            for what, (x, w), kwargs in skinny_cases(*shape, dtype, device, 1):
+            for what, (x, w), kwargs in skinny_cases(*shape, dtype, device):
                 got = skinny_linear(x, w, **kwargs)
                 err = rel_err(got, skinny_linear_reference(x, w, **kwargs))
                 n, k = got.shape[1], w.shape[1]
                 row = {"stage": "skinny", "model": name, "what": what, "dtype": str(dtype),
                        "shape": f"{k}x{w.shape[0]}", "rel_err": err, "tol": TOL[dtype], "ok": err < TOL[dtype],
-                       "used_by_model": skinny_handles(1, w.shape[0], k), "config": "x".join(map(str, skinny_config(n, k, kwargs.get("gated", False))))}
+                       "used_by_model": skinny_handles(1, w.shape[0], k),
+                       "config": "x".join(map(str, skinny_config(n, k, kwargs.get("gated", False))))}
                 if device == "cuda" and dtype == torch.bfloat16:
                     row["us_fused"] = round(_cold_graph_microseconds(lambda wc: skinny_linear(x, wc, **kwargs), w), 2)
                     row["us_cublas_product_alone"] = round(_cold_graph_microseconds(

@@ -44,8 +44,9 @@ def config(n: int, k: int, gated: bool = False) -> tuple[int, int, int]:
     and thin column blocks, so that every program issues its loads at once and many programs wait
     for memory together; 8 warps unless the tiles are large (two for a gated product). From
     `python -m specbench_kernels.gpu_check OUT skinny` on an H200, weights read from memory
-    (docs/results/gpu_skinny_h200/): the default model's four products took 3.2 / 2.4 / 4.3 / 3.1 us
-    this way (qkv, o, gate/up, down), against 3.9 / 3.4 / 4.1 / 5.2 us for cuBLAS's product alone."""
+    (docs/results/gpu_skinny_h200/skinny.csv): the default model's four products took 2.9 / 2.4 /
+    4.3 / 3.1 us this way (qkv, o, gate/up, down), against 3.9 / 3.4 / 4.1 / 5.3 us for cuBLAS's
+    product alone."""
     block_k = min(pad(k), MAX_K)
     block_n = 8 if k > 1024 else 4
     return block_n, block_k, 4 if gated or block_n * block_k > 8192 else 8

@@ -68,8 +68,9 @@ def fused_linear(x: torch.Tensor, layer: nn.Linear, mode: str, norm: nn.Module |
     """[residual +] layer(norm(x)), with `gated`: SiLU(gate) * up of the layer's two halves.
 
     Fast numerics on CUDA, for one row by a small weight (`skinny.handles`) and without autograd,
-    run it as one Triton kernel (specbench_kernels.skinny: a decode step's products are latency, not arithmetic,
-    so the norm and the epilogue ride along); otherwise the ops run one by one in `mode`.
+    run it as one Triton kernel (specbench_kernels.skinny: a decode step's products cost latency,
+    not arithmetic, so the norm and the epilogue ride along); otherwise the ops run one by one in
+    `mode`.
     """
     norm = None if isinstance(norm, nn.Identity) else norm    # EAGLE's draft layer has no input norm
     if mode == "fast" and uses_kernels(x) and _skinny_fits(x, layer):

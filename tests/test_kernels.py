@@ -62,7 +62,7 @@ def test_rms_norm_matches_reference_and_is_batch_invariant(dtype, dim):
         assert torch.equal(rms_norm(x[i:i + 1], w, 1e-5), full[i:i + 1])
 
 
-# ---- fused products over few rows (fast numerics) ---------------------------------------------
+# ---- fused one-row products (fast numerics) ---------------------------------------------------
 
 SKINNY_FUSIONS = {
     "plain": {},
@@ -73,15 +73,15 @@ SKINNY_FUSIONS = {
 }
 
 
-def skinny_case(dtype, rows, fusion, k=80, n=50):
-    """x [rows, k], a weight of n (or 2n, gated) rows and the fusion's operands; k, n not multiples
+def skinny_case(dtype, fusion, k=80, n=50):
+    """x [1, k], a weight of n (or 2n, gated) rows and the fusion's operands; k, n not multiples
     of any tile side."""
     f = SKINNY_FUSIONS[fusion]
-    x, w = 3 * randn(rows, k, dtype=dtype), randn(2 * n if f.get("gated") else n, k, dtype=dtype, seed=1) / k ** 0.5
+    x, w = 3 * randn(1, k, dtype=dtype), randn(2 * n if f.get("gated") else n, k, dtype=dtype, seed=1) / k ** 0.5
     kwargs = {"gated": bool(f.get("gated")),
               "bias": randn(n, dtype=dtype, seed=2) if f.get("bias") else None,
               "norm_weight": 1 + 0.1 * randn(k, dtype=dtype, seed=3) if f.get("norm") else None, "eps": 1e-5,
-              "residual": randn(rows, n, dtype=dtype, seed=4) if f.get("residual") else None}
+              "residual": randn(1, n, dtype=dtype, seed=4) if f.get("residual") else None}
     return x, w, kwargs
 
 
@@ -90,7 +90,7 @@ def skinny_case(dtype, rows, fusion, k=80, n=50):
 def test_skinny_linear_matches_reference(dtype, fusion):
     """Each fusion, with the chosen tiles and with small ones (several K steps and column blocks,
     ragged edges)."""
-    x, w, kwargs = skinny_case(dtype, 1, fusion)
+    x, w, kwargs = skinny_case(dtype, fusion)
     ref = skinny_linear_reference(x, w, **kwargs)
     assert ref.shape == (1, 50)
     for block in (None, (16, 32, 4)):
@@ -99,9 +99,9 @@ def test_skinny_linear_matches_reference(dtype, fusion):
 
 def test_skinny_linear_reference_catches_a_missing_fusion():
     """Negative control: leaving out any fused step misses the reference by far more than TOL."""
-    x, w, kwargs = skinny_case(torch.float32, 1, "norm+bias")
+    x, w, kwargs = skinny_case(torch.float32, "norm+bias")
     assert rel_err(skinny_linear(x, w, bias=kwargs["bias"]), skinny_linear_reference(x, w, **kwargs)) > 0.1
-    x, w, kwargs = skinny_case(torch.float32, 1, "gated+residual")
+    x, w, kwargs = skinny_case(torch.float32, "gated+residual")
     assert rel_err(skinny_linear(x, w, gated=True), skinny_linear_reference(x, w, **kwargs)) > 0.1
 
 
