@@ -15,7 +15,7 @@ Stages (all by default; each writes its CSV into OUTDIR, and summary.json sums t
 * ``timing`` (timing.csv): a decode step (one token, live length 200) in a 512-slot and a
   4,096-slot cache, both numerics modes, compiled graphs (goal: within 10%); the attention kernel
   alone at the same lengths, beside SDPA over the whole masked cache (the path it replaced).
-* ``skinny`` (skinny.csv): the fused products of fast numerics over 1, 4 and 16 rows
+* ``skinny`` (skinny.csv): the fused products of fast numerics over 1, 4, 16 and 64 rows
   (`skinny_linear`: each of a layer's products with its RMSNorm, SiLU gate or residual add)
   against their reference at the three models' shapes, and their graph-replayed time with the weights read from memory
   beside cuBLAS's product alone, for the chosen tiles and a sweep of others (`config` and
@@ -357,8 +357,8 @@ def split_checks(splits=(32, 64, 128, 256), news=(1, 4, 16, 64), lengths=(200, 5
 
 # ---- stage "skinny" ---------------------------------------------------------------------------
 
-SKINNY_SWEEP = [(bn, bk, w) for bn in (4, 8, 16) for bk in (128, 256, 512, 1024, 2048) for w in (4, 8)]
-SKINNY_ROWS = (1, 4, 16)     # a decode step; the verifications of a few draft tokens
+SKINNY_SWEEP = [(bn, bk, w) for bn in (4, 8) for bk in (128, 256, 512, 1024) for w in (4, 8)]
+SKINNY_ROWS = (1, 4, 16, 64)     # a decode step; verifications of a few draft tokens and of a tree
 
 
 def skinny_cases(hidden, heads, kv_heads, hd, inter, vocab, dtype, device, rows: int = 1):
@@ -395,7 +395,8 @@ def _cold_graph_microseconds(call, weight: torch.Tensor, calls: int = 60) -> flo
 def skinny_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.bfloat16, torch.float32),
                   rows: tuple[int, ...] = SKINNY_ROWS, sweep: bool = True) -> list[dict]:
     """The fused products of a layer at each row count, including those `handles` leaves to cuBLAS
-    (for the record); the tile sweep on the first (default) model only."""
+    (for the record). The tile sweep runs on the first (default) model's layers over several rows;
+    the one-row tiles were swept in session 21 (docs/results/gpu_skinny_h200/skinny.csv)."""
     out = []
     for name, shape in models.items():
         for dtype in dtypes:
@@ -414,7 +415,7 @@ def skinny_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.bfl
                         row["us_fused"] = round(_cold_graph_microseconds(lambda wc: skinny_linear(x, wc, **kwargs), w), 2)
                         row["us_cublas_product_alone"] = round(_cold_graph_microseconds(
                             lambda wc: torch.nn.functional.linear(x, wc, kwargs.get("bias")), w), 2)
-                        if sweep and name == next(iter(models)):
+                        if sweep and name == next(iter(models)) and m > 1 and what != "lm_head+norm":
                             row["sweep_us"] = {f"{bn}x{bk}w{wp}": round(_cold_graph_microseconds(
                                 lambda wc: skinny_linear(x, wc, **kwargs, block=(bn, bk, wp)), w), 2)
                                 for bn, bk, wp in SKINNY_SWEEP

@@ -4,7 +4,7 @@ A decode step multiplies one row by each weight, a verification a few rows: the 
 the weight, and for the default model's small layers cuBLAS took 3.7-3.9 us per product on an H200
 whatever its size, while the RMSNorm before it, the SiLU gate and the residual add after it were
 kernels of their own (docs/results/gpu_profile_split_h200/). `skinny_linear` does one such piece in
-one kernel, for up to MAX_ROWS rows:
+one kernel (the model's products use it for up to MAX_ROWS rows):
 
     y = [residual +] epilogue( [RMSNorm(x) or x] @ W^T [+ b] )
 
@@ -108,14 +108,14 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                   norm_weight: torch.Tensor | None = None, eps: float = 0.0,
                   residual: torch.Tensor | None = None, gated: bool = False,
                   block: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """x [M, K] (M <= MAX_ROWS) through the fused product described above -> [M, N] in x's dtype
+    """x [M, K] through the fused product described above -> [M, N] in x's dtype
     (N = weight's rows, or half of them when `gated`). `block` overrides `config` (measurements)."""
     operands = [x, weight] + [t for t in (bias, norm_weight, residual) if t is not None]
     check_dtype(*operands)
     (M, K), rows = x.shape, weight.shape[0]
-    if not 0 < M <= MAX_ROWS or weight.shape[1] != K:
+    if M == 0 or weight.shape[1] != K:
         raise ValueError(f"skinny_linear: x [{M}, {K}] against weight {list(weight.shape)} "
-                         f"(1 to {MAX_ROWS} rows, matching columns)")
+                         f"(at least one row, matching columns)")
     if gated and (rows % 2 or bias is not None):
         raise ValueError("skinny_linear: a gated product takes [gate; up] weights (an even row count) "
                          "and no bias")

@@ -87,9 +87,9 @@ def skinny_case(dtype, fusion, k=80, n=50, rows=1):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fusion", list(SKINNY_FUSIONS))
-@pytest.mark.parametrize("rows", [1, 3, MAX_ROWS])
+@pytest.mark.parametrize("rows", [1, 3, 40])
 def test_skinny_linear_matches_reference(dtype, fusion, rows):
-    """Each fusion over one row, a ragged row count and the most rows, with the chosen tiles and
+    """Each fusion over one row and ragged row counts (a padded row tile), with the chosen tiles and
     with small ones (several K steps and column blocks, ragged edges)."""
     x, w, kwargs = skinny_case(dtype, fusion, rows=rows)
     ref = skinny_linear_reference(x, w, **kwargs)
@@ -117,9 +117,11 @@ def test_skinny_linear_reference_catches_a_missing_fusion():
 
 
 def test_skinny_linear_refuses_bad_operands():
-    x, w = randn(MAX_ROWS + 1, 8), randn(6, 8, seed=1)
-    with pytest.raises(ValueError, match=f"1 to {MAX_ROWS} rows"):
-        skinny_linear(x, w)
+    x, w = randn(3, 8), randn(6, 8, seed=1)
+    with pytest.raises(ValueError, match="at least one row"):
+        skinny_linear(x[:0], w)
+    with pytest.raises(ValueError, match="matching columns"):
+        skinny_linear(x[:, :7], w)
     with pytest.raises(ValueError, match="gated"):
         skinny_linear(x[:1], w, bias=randn(3), gated=True)
     with pytest.raises(ValueError, match="residual"):
