@@ -15,10 +15,12 @@ one kernel (the model's products use it for up to MAX_ROWS rows):
   rounds each of those ops.
 * `residual` given: the product, rounded to the dtype, is added to it (x + Linear(...)).
 
-Each program owns BLOCK_N outputs of every row and walks K in BLOCK_K steps (no split-K, so no
-atomics and a fixed order), reading each weight tile once for all rows, multiplying elementwise
-and summing once at the end: a few rows need no matrix unit. Numerics "fast" uses it where
-`handles` says (specbench.numerics.fused_linear).
+Each program owns BLOCK_N outputs and walks K in BLOCK_K steps (no split-K, so no atomics and a
+fixed order). For one row it multiplies elementwise and sums once at the end (one row needs no
+matrix unit); for more, all rows sit in one row tile and each weight tile, read once, goes through
+the matrix unit (the same elementwise products summed per lane took 4-8x cuBLAS's time for 4-16
+rows of gate/up: session 22's first sweep). Numerics "fast" uses it where `handles` says
+(specbench.numerics.fused_linear).
 """
 from __future__ import annotations
 
@@ -26,12 +28,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, emulate_dots, pad, rounded
+from ._common import check_dtype, dot, emulate_dots, pad, rounded
 
 MAX_ROWS = 16
 MAX_WEIGHT = 1 << 22    # elements: the default model's layers (the largest, gate/up, has 1.8 M)
 MAX_K = 2048
-TILE = 1 << 14          # float32 partial sums a program holds (rows x BLOCK_N x BLOCK_K)
+ROWS_TILE = (32, 64, 4)     # (BLOCK_N, BLOCK_K, num_warps) over several rows
 
 
 def handles(rows: int, n: int, k: int) -> bool:
@@ -43,24 +45,69 @@ def handles(rows: int, n: int, k: int) -> bool:
 
 
 def config(rows: int, n: int, k: int, gated: bool = False) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps) for `rows` rows of an output of n columns over k: thin column
-    blocks and as much of K in one step as TILE partial sums allow (all of it for one row), so that
-    every program issues its loads at once and many programs wait for memory together; 8 warps
-    unless the tiles are large (two for a gated product). From `python -m
-    specbench_kernels.gpu_check OUT skinny` on an H200, weights read from memory
-    (docs/results/gpu_skinny_h200/skinny.csv): the default model's four one-row products took 2.9 /
-    2.4 / 4.3 / 3.1 us this way (qkv, o, gate/up, down), against 3.9 / 3.4 / 4.1 / 5.3 us for
-    cuBLAS's product alone."""
+    """(BLOCK_N, BLOCK_K, num_warps) for `rows` rows of an output of n columns over k.
+
+    One row: the whole of K in one step and thin column blocks, so that every program issues its
+    loads at once and many programs wait for memory together; 8 warps unless the tiles are large
+    (two for a gated product). From `python -m specbench_kernels.gpu_check OUT skinny` on an H200,
+    weights read from memory (docs/results/gpu_skinny_h200/skinny.csv): the default model's four
+    products took 2.9 / 2.4 / 4.3 / 3.1 us this way (qkv, o, gate/up, down), against 3.9 / 3.4 /
+    4.1 / 5.3 us for cuBLAS's product alone. More rows: matrix-unit tiles walking K.
+    """
+    if rows > 1:
+        return ROWS_TILE
+    block_k = min(pad(k), MAX_K)
     block_n = 8 if k > 1024 else 4
-    block_m = triton.next_power_of_2(rows)
-    block_k = min(pad(k), MAX_K, max(16, TILE // (block_m * block_n)))
-    return block_n, block_k, 4 if gated or block_m * block_n * block_k > 8192 else 8
+    return block_n, block_k, 4 if gated or block_n * block_k > 8192 else 8
 
 
 @triton.jit
-def _skinny_kernel(X, W, B, NW, RES, OUT, M, N, K, stride_xm, stride_wn, eps,
+def _skinny_kernel(X, W, B, NW, RES, OUT, N, K, stride_wn, eps,
                    NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   EMULATE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                   EMULATE: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    dtype = OUT.dtype.element_ty
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    col_ok = rn < N
+    if NORM:
+        sum_sq = tl.zeros((BK,), tl.float32)
+        for k0 in range(0, K, BK):
+            rk = k0 + tl.arange(0, BK)
+            x = tl.load(X + rk, mask=rk < K, other=0.0).to(tl.float32)
+            sum_sq += x * x
+        inv_rms = tl.rsqrt(tl.sum(sum_sq, axis=0) / K + eps)
+    # products summed per lane over the K steps, across lanes once at the end
+    acc = tl.zeros((BN, BK), tl.float32)
+    acc_up = tl.zeros((BN, BK), tl.float32)
+    for k0 in range(0, K, BK):
+        rk = k0 + tl.arange(0, BK)
+        k_ok = rk < K
+        x = tl.load(X + rk, mask=k_ok, other=0.0).to(tl.float32)
+        if NORM:
+            x = rounded(tl.load(NW + rk, mask=k_ok, other=0.0).to(tl.float32)
+                        * rounded(x * inv_rms, dtype, EMULATE), dtype, EMULATE)
+        w_ok = col_ok[:, None] & k_ok[None, :]
+        w = tl.load(W + rn[:, None] * stride_wn + rk[None, :], mask=w_ok, other=0.0)
+        acc += w.to(tl.float32) * x[None, :]
+        if GATED:
+            w = tl.load(W + (rn[:, None] + N) * stride_wn + rk[None, :], mask=w_ok, other=0.0)
+            acc_up += w.to(tl.float32) * x[None, :]
+    y = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        y += tl.load(B + rn, mask=col_ok, other=0.0).to(tl.float32)
+    if GATED:
+        gate = rounded(y, dtype, EMULATE)
+        y = rounded(gate * tl.sigmoid(gate), dtype, EMULATE) * rounded(tl.sum(acc_up, axis=1), dtype, EMULATE)
+    if RESIDUAL:
+        y = rounded(y, dtype, EMULATE) + tl.load(RES + rn, mask=col_ok, other=0.0).to(tl.float32)
+    tl.store(OUT + rn, rounded(y, dtype, EMULATE).to(dtype), mask=col_ok)
+
+
+@triton.jit
+def _skinny_rows_kernel(X, W, B, NW, RES, OUT, M, N, K, stride_xm, stride_wn, eps,
+                        NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        EMULATE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """The same product for a few rows: every row sits in one BM-row tile (padded, at least 16 for
+    the matrix unit), so each weight tile is read once for all of them."""
     dtype = OUT.dtype.element_ty
     rm = tl.arange(0, BM)
     row_ok = rm < M
@@ -74,29 +121,26 @@ def _skinny_kernel(X, W, B, NW, RES, OUT, M, N, K, stride_xm, stride_wn, eps,
                         other=0.0).to(tl.float32)
             sum_sq += x * x
         inv_rms = tl.rsqrt(tl.sum(sum_sq, axis=1) / K + eps)
-    # products summed per lane over the K steps, across lanes once at the end
-    acc = tl.zeros((BM, BN, BK), tl.float32)
-    acc_up = tl.zeros((BM, BN, BK), tl.float32)
+    acc = tl.zeros((BM, BN), tl.float32)
+    acc_up = tl.zeros((BM, BN), tl.float32)
     for k0 in range(0, K, BK):
         rk = k0 + tl.arange(0, BK)
         k_ok = rk < K
-        x = tl.load(X + rm[:, None] * stride_xm + rk[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                    other=0.0).to(tl.float32)
+        x = tl.load(X + rm[:, None] * stride_xm + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         if NORM:
             x = rounded(tl.load(NW + rk, mask=k_ok, other=0.0).to(tl.float32)[None, :]
-                        * rounded(x * inv_rms[:, None], dtype, EMULATE), dtype, EMULATE)
-        w_ok = col_ok[:, None] & k_ok[None, :]
-        w = tl.load(W + rn[:, None] * stride_wn + rk[None, :], mask=w_ok, other=0.0)
-        acc += w.to(tl.float32)[None, :, :] * x[:, None, :]
+                        * rounded(x.to(tl.float32) * inv_rms[:, None], dtype, EMULATE), dtype, EMULATE).to(dtype)
+        w_ok = k_ok[:, None] & col_ok[None, :]
+        acc = dot(x, tl.load(W + rn[None, :] * stride_wn + rk[:, None], mask=w_ok, other=0.0), acc, EMULATE)
         if GATED:
-            w = tl.load(W + (rn[:, None] + N) * stride_wn + rk[None, :], mask=w_ok, other=0.0)
-            acc_up += w.to(tl.float32)[None, :, :] * x[:, None, :]
-    y = tl.sum(acc, axis=2)
+            acc_up = dot(x, tl.load(W + (rn[None, :] + N) * stride_wn + rk[:, None], mask=w_ok, other=0.0),
+                         acc_up, EMULATE)
+    y = acc
     if HAS_BIAS:
         y += tl.load(B + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if GATED:
         gate = rounded(y, dtype, EMULATE)
-        y = rounded(gate * tl.sigmoid(gate), dtype, EMULATE) * rounded(tl.sum(acc_up, axis=2), dtype, EMULATE)
+        y = rounded(gate * tl.sigmoid(gate), dtype, EMULATE) * rounded(acc_up, dtype, EMULATE)
     out_at = rm[:, None] * N + rn[None, :]
     out_ok = row_ok[:, None] & col_ok[None, :]
     if RESIDUAL:
@@ -129,11 +173,16 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     residual = None if residual is None else residual.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     block_n, block_k, warps = block or config(M, N, K, gated)
-    _skinny_kernel[(triton.cdiv(N, block_n),)](
-        x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight,
-        x if residual is None else residual, out, M, N, K, x.stride(0), weight.stride(0), eps,
-        NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-        EMULATE=emulate_dots(), BM=triton.next_power_of_2(M), BN=block_n, BK=block_k, num_warps=warps)
+    operands = (x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight,
+                x if residual is None else residual, out)
+    flags = {"NORM": norm_weight is not None, "GATED": gated, "RESIDUAL": residual is not None,
+             "HAS_BIAS": bias is not None, "EMULATE": emulate_dots(), "BN": block_n, "BK": block_k, "num_warps": warps}
+    grid = (triton.cdiv(N, block_n),)
+    if M == 1:
+        _skinny_kernel[grid](*operands, N, K, weight.stride(0), eps, **flags)
+    else:
+        _skinny_rows_kernel[grid](*operands, M, N, K, x.stride(0), weight.stride(0), eps,
+                                  BM=max(16, triton.next_power_of_2(M)), num_stages=3, **flags)
     return out
 
 

@@ -269,10 +269,12 @@ for dt in ("bf16", "fp32"):
               **ints("M", "N", "K", "stride_xm", "stride_wn", "stride_om")},
               {"HAS_BIAS": True, "EMULATE": False, "BM": 64, "BN": 64, "BK": 64})
     assert ("wgmma" in k.asm["ptx"]) == (dt == "bf16")        # tensor cores for bf16; exact fp32 FMAs
-    build(sk._skinny_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt, "RES": "*" + dt,
-          "OUT": "*" + dt, "eps": "fp32", **ints("M", "N", "K", "stride_xm", "stride_wn")},
-          {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False, "BM": 4, "BN": 8,
-           "BK": 256})
+    fused = {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt, "RES": "*" + dt, "OUT": "*" + dt, "eps": "fp32"}
+    flags = {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False}
+    build(sk._skinny_kernel, {**fused, **ints("N", "K", "stride_wn")}, {**flags, "BN": 8, "BK": 512})
+    k = build(sk._skinny_rows_kernel, {**fused, **ints("M", "N", "K", "stride_xm", "stride_wn")},
+              {**flags, "BM": 16, "BN": 32, "BK": 64})
+    assert ("mma" in k.asm["ptx"]) == (dt == "bf16")
     build(rn._rms_norm_kernel, {"X": "*" + dt, "W": "*" + dt, "OUT": "*" + dt, "eps": "fp32",
           **ints("D", "stride_x", "stride_o")}, {"BLOCK": 1024})
     common = {"Q": "*" + dt, "K": "*" + dt, "V": "*" + dt, "START": "*i64", "PM": "*fp32", "PL": "*fp32",
