@@ -15,9 +15,9 @@ Stages (all by default; each writes its CSV into OUTDIR, and summary.json sums t
 * ``timing`` (timing.csv): a decode step (one token, live length 200) in a 512-slot and a
   4,096-slot cache, both numerics modes, compiled graphs (goal: within 10%); the attention kernel
   alone at the same lengths, beside SDPA over the whole masked cache (the path it replaced).
-* ``skinny`` (skinny.csv): the fused products of fast numerics over 1, 4, 16 and 64 rows
-  (`skinny_linear`: each of a layer's products with its RMSNorm, SiLU gate or residual add)
-  against their reference at the three models' shapes, and their graph-replayed time with the weights read from memory
+* ``skinny`` (skinny.csv): the fused one-row products of fast numerics (`skinny_linear`:
+  each of a layer's products with its RMSNorm, SiLU gate or residual add) against their reference
+  at the three models' shapes, and their graph-replayed time with the weights read from memory
   beside cuBLAS's product alone, for the chosen tiles and a sweep of others (`config` and
   `handles` are chosen from it).
 * ``splits`` (splits.csv): `tree_attention` with each split size (slots per program) at 1..64 new
@@ -356,27 +356,25 @@ def split_checks(splits=(32, 64, 128, 256), news=(1, 4, 16, 64), lengths=(200, 5
 
 # ---- stage "skinny" ---------------------------------------------------------------------------
 
-SKINNY_SWEEP = [(bn, bk, 4) for bn in (16, 32, 64) for bk in (32, 64, 128)]   # several rows
-SKINNY_ROWS = (1, 4, 16, 64)     # a decode step; verifications of a few draft tokens and of a tree
+SKINNY_SWEEP = [(bn, bk, w) for bn in (4, 8, 16) for bk in (512, 1024, 2048) for w in (4, 8)]
 
 
-def skinny_cases(hidden, heads, kv_heads, hd, inter, vocab, dtype, device, rows: int = 1):
-    """(name, (x, weight), kwargs) of every fused product of a layer and the LM head, for `rows` rows."""
+def skinny_cases(hidden, heads, kv_heads, hd, inter, vocab, dtype, device):
+    """(name, (x, weight), kwargs) of every fused product of a layer and the LM head, for one row."""
     def t(*shape, seed, scale=1.0):
         return _randn(*shape, dtype=dtype, device=device, seed=seed) * scale
     q = (heads + 2 * kv_heads) * hd
     norm = 1 + 0.1 * t(hidden, seed=5)
-    m = rows
     return [
-        ("qkv+norm+bias", (3 * t(m, hidden, seed=1), t(q, hidden, seed=2, scale=hidden ** -0.5)),
+        ("qkv+norm+bias", (3 * t(1, hidden, seed=1), t(q, hidden, seed=2, scale=hidden ** -0.5)),
          {"bias": t(q, seed=3), "norm_weight": norm, "eps": 1e-5}),
-        ("o+residual", (t(m, heads * hd, seed=4), t(hidden, heads * hd, seed=6, scale=(heads * hd) ** -0.5)),
-         {"residual": t(m, hidden, seed=7)}),
-        ("gate_up+norm+silu", (3 * t(m, hidden, seed=8), t(2 * inter, hidden, seed=9, scale=hidden ** -0.5)),
+        ("o+residual", (t(1, heads * hd, seed=4), t(hidden, heads * hd, seed=6, scale=(heads * hd) ** -0.5)),
+         {"residual": t(1, hidden, seed=7)}),
+        ("gate_up+norm+silu", (3 * t(1, hidden, seed=8), t(2 * inter, hidden, seed=9, scale=hidden ** -0.5)),
          {"norm_weight": norm, "eps": 1e-5, "gated": True}),
-        ("down+residual", (t(m, inter, seed=10), t(hidden, inter, seed=11, scale=inter ** -0.5)),
-         {"residual": t(m, hidden, seed=12)}),
-        ("lm_head+norm", (3 * t(m, hidden, seed=13), t(vocab, hidden, seed=14, scale=hidden ** -0.5)),
+        ("down+residual", (t(1, inter, seed=10), t(hidden, inter, seed=11, scale=inter ** -0.5)),
+         {"residual": t(1, hidden, seed=12)}),
+        ("lm_head+norm", (3 * t(1, hidden, seed=13), t(vocab, hidden, seed=14, scale=hidden ** -0.5)),
          {"norm_weight": norm, "eps": 1e-5}),
     ]
 
@@ -392,34 +390,31 @@ def _cold_graph_microseconds(call, weight: torch.Tensor, calls: int = 60) -> flo
 
 
 def skinny_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.bfloat16, torch.float32),
-                  rows: tuple[int, ...] = SKINNY_ROWS, sweep: bool = True) -> list[dict]:
-    """The fused products of a layer at each row count, including those `handles` leaves to cuBLAS
-    (for the record). The tile sweep runs on the first (default) model's layers over several rows;
-    the one-row tiles were swept in session 21 (docs/results/gpu_skinny_h200/skinny.csv)."""
+                  sweep: bool = True) -> list[dict]:
+    """The fused products of a layer, including those `handles` leaves to cuBLAS (for the record)."""
     out = []
     for name, shape in models.items():
         for dtype in dtypes:
             if dtype == torch.float32 and name != next(iter(models)):
                 continue
-            for m in rows:
-                for what, (x, w), kwargs in skinny_cases(*shape, dtype, device, rows=m):
-                    got = skinny_linear(x, w, **kwargs)
-                    err = rel_err(got, skinny_linear_reference(x, w, **kwargs))
-                    n, k = got.shape[1], w.shape[1]
-                    row = {"stage": "skinny", "model": name, "what": what, "dtype": str(dtype), "rows": m,
-                           "shape": f"{k}x{w.shape[0]}", "rel_err": err, "tol": TOL[dtype], "ok": err < TOL[dtype],
-                           "used_by_model": skinny_handles(m, w.shape[0], k),
-                           "config": "x".join(map(str, skinny_config(m, n, k, kwargs.get("gated", False))))}
-                    if device == "cuda" and dtype == torch.bfloat16:
-                        row["us_fused"] = round(_cold_graph_microseconds(lambda wc: skinny_linear(x, wc, **kwargs), w), 2)
-                        row["us_cublas_product_alone"] = round(_cold_graph_microseconds(
-                            lambda wc: torch.nn.functional.linear(x, wc, kwargs.get("bias")), w), 2)
-                        if sweep and name == next(iter(models)) and m > 1 and what != "lm_head+norm":
-                            row["sweep_us"] = {f"{bn}x{bk}w{wp}": round(_cold_graph_microseconds(
-                                lambda wc: skinny_linear(x, wc, **kwargs, block=(bn, bk, wp)), w), 2)
-                                for bn, bk, wp in SKINNY_SWEEP}
-                    out.append(row)
-                    print(row, flush=True)
+            for what, (x, w), kwargs in skinny_cases(*shape, dtype, device):
+                got = skinny_linear(x, w, **kwargs)
+                err = rel_err(got, skinny_linear_reference(x, w, **kwargs))
+                n, k = got.shape[1], w.shape[1]
+                row = {"stage": "skinny", "model": name, "what": what, "dtype": str(dtype),
+                       "shape": f"{k}x{w.shape[0]}", "rel_err": err, "tol": TOL[dtype], "ok": err < TOL[dtype],
+                       "used_by_model": skinny_handles(1, w.shape[0], k),
+                       "config": "x".join(map(str, skinny_config(n, k, kwargs.get("gated", False))))}
+                if device == "cuda" and dtype == torch.bfloat16:
+                    row["us_fused"] = round(_cold_graph_microseconds(lambda wc: skinny_linear(x, wc, **kwargs), w), 2)
+                    row["us_cublas_product_alone"] = round(_cold_graph_microseconds(
+                        lambda wc: torch.nn.functional.linear(x, wc, kwargs.get("bias")), w), 2)
+                    if sweep:
+                        row["sweep_us"] = {f"{bn}x{bk}w{wp}": round(_cold_graph_microseconds(
+                            lambda wc: skinny_linear(x, wc, **kwargs, block=(bn, bk, wp)), w), 2)
+                            for bn, bk, wp in SKINNY_SWEEP if bk <= 2 * max(512, k)}
+                out.append(row)
+                print(row, flush=True)
     return out
 
 

@@ -1,26 +1,22 @@
-"""The matrix products of decoding and of short verifications, each with its neighbours fused.
+"""The matrix products of a one-token forward (decoding), each with its neighbours fused.
 
-A decode step multiplies one row by each weight, a verification a few rows: the work is reading
-the weight, and for the default model's small layers cuBLAS took 3.7-3.9 us per product on an H200
-whatever its size, while the RMSNorm before it, the SiLU gate and the residual add after it were
-kernels of their own (docs/results/gpu_profile_split_h200/). `skinny_linear` does one such piece in
-one kernel (the model's products use it for up to MAX_ROWS rows):
+At batch 1 a decode step multiplies one row by each weight: the work is reading the weight, and for
+the default model's small layers cuBLAS took 3.7-3.9 us per product on an H200 whatever its size,
+while the RMSNorm before it, the SiLU gate and the residual add after it were kernels of their own
+(docs/results/gpu_profile_split_h200/). `skinny_linear` does one such piece in one kernel:
 
     y = [residual +] epilogue( [RMSNorm(x) or x] @ W^T [+ b] )
 
 * `norm_weight` given: x is normalised first (the arithmetic of specbench.model.RMSNorm:
   normalise in float32, round to the dtype, multiply by the weight in the dtype). Every program
-  computes the rows' norms itself: they are a few KB, cheaper to reread than to launch for.
+  computes the row's norm itself: the row is a few KB, cheaper to reread than to launch for.
 * `gated`: W is [gate; up] (2N rows); the output is SiLU(x Wg^T) * (x Wu^T), rounded as PyTorch
   rounds each of those ops.
 * `residual` given: the product, rounded to the dtype, is added to it (x + Linear(...)).
 
 Each program owns BLOCK_N outputs and walks K in BLOCK_K steps (no split-K, so no atomics and a
-fixed order). For one row it multiplies elementwise and sums once at the end (one row needs no
-matrix unit); for more, all rows sit in one row tile and each weight tile, read once, goes through
-the matrix unit (the same elementwise products summed per lane took 4-8x cuBLAS's time for 4-16
-rows of gate/up: session 22's first sweep). Numerics "fast" uses it where `handles` says
-(specbench.numerics.fused_linear).
+fixed order), multiplying elementwise and summing once at the end: one row needs no matrix unit.
+Numerics "fast" uses it where `handles` says (specbench.numerics.fused_linear).
 """
 from __future__ import annotations
 
@@ -28,12 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, dot, emulate_dots, pad, rounded
+from ._common import check_dtype, emulate_dots, pad, rounded
 
-MAX_ROWS = 16
+MAX_ROWS = 1
 MAX_WEIGHT = 1 << 22    # elements: the default model's layers (the largest, gate/up, has 1.8 M)
 MAX_K = 2048
-ROWS_TILE = (32, 64, 4)     # (BLOCK_N, BLOCK_K, num_warps) over several rows
 
 
 def handles(rows: int, n: int, k: int) -> bool:
@@ -44,18 +39,14 @@ def handles(rows: int, n: int, k: int) -> bool:
     return rows <= MAX_ROWS and n * k <= MAX_WEIGHT and k <= MAX_K
 
 
-def config(rows: int, n: int, k: int, gated: bool = False) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps) for `rows` rows of an output of n columns over k.
-
-    One row: the whole of K in one step and thin column blocks, so that every program issues its
-    loads at once and many programs wait for memory together; 8 warps unless the tiles are large
-    (two for a gated product). From `python -m specbench_kernels.gpu_check OUT skinny` on an H200,
-    weights read from memory (docs/results/gpu_skinny_h200/skinny.csv): the default model's four
-    products took 2.9 / 2.4 / 4.3 / 3.1 us this way (qkv, o, gate/up, down), against 3.9 / 3.4 /
-    4.1 / 5.3 us for cuBLAS's product alone. More rows: matrix-unit tiles walking K.
-    """
-    if rows > 1:
-        return ROWS_TILE
+def config(n: int, k: int, gated: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps) for an output of n columns over k: the whole of K in one step
+    and thin column blocks, so that every program issues its loads at once and many programs wait
+    for memory together; 8 warps unless the tiles are large (two for a gated product). From
+    `python -m specbench_kernels.gpu_check OUT skinny` on an H200, weights read from memory
+    (docs/results/gpu_skinny_h200/skinny.csv): the default model's four products took 2.9 / 2.4 /
+    4.3 / 3.1 us this way (qkv, o, gate/up, down), against 3.9 / 3.4 / 4.1 / 5.3 us for cuBLAS's
+    product alone."""
     block_k = min(pad(k), MAX_K)
     block_n = 8 if k > 1024 else 4
     return block_n, block_k, 4 if gated or block_n * block_k > 8192 else 8
@@ -102,64 +93,18 @@ def _skinny_kernel(X, W, B, NW, RES, OUT, N, K, stride_wn, eps,
     tl.store(OUT + rn, rounded(y, dtype, EMULATE).to(dtype), mask=col_ok)
 
 
-@triton.jit
-def _skinny_rows_kernel(X, W, B, NW, RES, OUT, M, N, K, stride_xm, stride_wn, eps,
-                        NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                        EMULATE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """The same product for a few rows: every row sits in one BM-row tile (padded, at least 16 for
-    the matrix unit), so each weight tile is read once for all of them."""
-    dtype = OUT.dtype.element_ty
-    rm = tl.arange(0, BM)
-    row_ok = rm < M
-    rn = tl.program_id(0) * BN + tl.arange(0, BN)
-    col_ok = rn < N
-    if NORM:
-        sum_sq = tl.zeros((BM, BK), tl.float32)
-        for k0 in range(0, K, BK):
-            rk = k0 + tl.arange(0, BK)
-            x = tl.load(X + rm[:, None] * stride_xm + rk[None, :], mask=row_ok[:, None] & (rk < K)[None, :],
-                        other=0.0).to(tl.float32)
-            sum_sq += x * x
-        inv_rms = tl.rsqrt(tl.sum(sum_sq, axis=1) / K + eps)
-    acc = tl.zeros((BM, BN), tl.float32)
-    acc_up = tl.zeros((BM, BN), tl.float32)
-    for k0 in range(0, K, BK):
-        rk = k0 + tl.arange(0, BK)
-        k_ok = rk < K
-        x = tl.load(X + rm[:, None] * stride_xm + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if NORM:
-            x = rounded(tl.load(NW + rk, mask=k_ok, other=0.0).to(tl.float32)[None, :]
-                        * rounded(x.to(tl.float32) * inv_rms[:, None], dtype, EMULATE), dtype, EMULATE).to(dtype)
-        w_ok = k_ok[:, None] & col_ok[None, :]
-        acc = dot(x, tl.load(W + rn[None, :] * stride_wn + rk[:, None], mask=w_ok, other=0.0), acc, EMULATE)
-        if GATED:
-            acc_up = dot(x, tl.load(W + (rn[None, :] + N) * stride_wn + rk[:, None], mask=w_ok, other=0.0),
-                         acc_up, EMULATE)
-    y = acc
-    if HAS_BIAS:
-        y += tl.load(B + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if GATED:
-        gate = rounded(y, dtype, EMULATE)
-        y = rounded(gate * tl.sigmoid(gate), dtype, EMULATE) * rounded(acc_up, dtype, EMULATE)
-    out_at = rm[:, None] * N + rn[None, :]
-    out_ok = row_ok[:, None] & col_ok[None, :]
-    if RESIDUAL:
-        y = rounded(y, dtype, EMULATE) + tl.load(RES + out_at, mask=out_ok, other=0.0).to(tl.float32)
-    tl.store(OUT + out_at, rounded(y, dtype, EMULATE).to(dtype), mask=out_ok)
-
-
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   norm_weight: torch.Tensor | None = None, eps: float = 0.0,
                   residual: torch.Tensor | None = None, gated: bool = False,
                   block: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """x [M, K] through the fused product described above -> [M, N] in x's dtype
-    (N = weight's rows, or half of them when `gated`). `block` overrides `config` (measurements)."""
+    """x [1, K] through the fused product described above -> [1, N] in x's dtype (N = weight's
+    rows, or half of them when `gated`). `block` overrides `config` (measurements)."""
     operands = [x, weight] + [t for t in (bias, norm_weight, residual) if t is not None]
     check_dtype(*operands)
     (M, K), rows = x.shape, weight.shape[0]
-    if M == 0 or weight.shape[1] != K:
+    if M > MAX_ROWS or weight.shape[1] != K:
         raise ValueError(f"skinny_linear: x [{M}, {K}] against weight {list(weight.shape)} "
-                         f"(at least one row, matching columns)")
+                         f"(one row, matching columns)")
     if gated and (rows % 2 or bias is not None):
         raise ValueError("skinny_linear: a gated product takes [gate; up] weights (an even row count) "
                          "and no bias")
@@ -172,17 +117,12 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     x, weight = x.contiguous(), weight.contiguous()
     residual = None if residual is None else residual.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    block_n, block_k, warps = block or config(M, N, K, gated)
-    operands = (x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight,
-                x if residual is None else residual, out)
-    flags = {"NORM": norm_weight is not None, "GATED": gated, "RESIDUAL": residual is not None,
-             "HAS_BIAS": bias is not None, "EMULATE": emulate_dots(), "BN": block_n, "BK": block_k, "num_warps": warps}
-    grid = (triton.cdiv(N, block_n),)
-    if M == 1:
-        _skinny_kernel[grid](*operands, N, K, weight.stride(0), eps, **flags)
-    else:
-        _skinny_rows_kernel[grid](*operands, M, N, K, x.stride(0), weight.stride(0), eps,
-                                  BM=max(16, triton.next_power_of_2(M)), num_stages=3, **flags)
+    block_n, block_k, warps = block or config(N, K, gated)
+    _skinny_kernel[(triton.cdiv(N, block_n),)](
+        x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight,
+        x if residual is None else residual, out, N, K, weight.stride(0), eps,
+        NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
+        EMULATE=emulate_dots(), BN=block_n, BK=block_k, num_warps=warps)
     return out
 
 

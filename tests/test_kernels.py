@@ -73,39 +73,28 @@ SKINNY_FUSIONS = {
 }
 
 
-def skinny_case(dtype, fusion, k=80, n=50, rows=1):
-    """x [rows, k], a weight of n (or 2n, gated) rows and the fusion's operands; k, n not multiples
+def skinny_case(dtype, fusion, k=80, n=50):
+    """x [1, k], a weight of n (or 2n, gated) rows and the fusion's operands; k, n not multiples
     of any tile side."""
     f = SKINNY_FUSIONS[fusion]
-    x, w = 3 * randn(rows, k, dtype=dtype), randn(2 * n if f.get("gated") else n, k, dtype=dtype, seed=1) / k ** 0.5
+    x, w = 3 * randn(1, k, dtype=dtype), randn(2 * n if f.get("gated") else n, k, dtype=dtype, seed=1) / k ** 0.5
     kwargs = {"gated": bool(f.get("gated")),
               "bias": randn(n, dtype=dtype, seed=2) if f.get("bias") else None,
               "norm_weight": 1 + 0.1 * randn(k, dtype=dtype, seed=3) if f.get("norm") else None, "eps": 1e-5,
-              "residual": randn(rows, n, dtype=dtype, seed=4) if f.get("residual") else None}
+              "residual": randn(1, n, dtype=dtype, seed=4) if f.get("residual") else None}
     return x, w, kwargs
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fusion", list(SKINNY_FUSIONS))
-@pytest.mark.parametrize("rows", [1, 3, 40])
-def test_skinny_linear_matches_reference(dtype, fusion, rows):
-    """Each fusion over one row and ragged row counts (a padded row tile), with the chosen tiles and
-    with small ones (several K steps and column blocks, ragged edges)."""
-    x, w, kwargs = skinny_case(dtype, fusion, rows=rows)
+def test_skinny_linear_matches_reference(dtype, fusion):
+    """Each fusion, with the chosen tiles and with small ones (several K steps and column blocks,
+    ragged edges)."""
+    x, w, kwargs = skinny_case(dtype, fusion)
     ref = skinny_linear_reference(x, w, **kwargs)
-    assert ref.shape == (rows, 50)
+    assert ref.shape == (1, 50)
     for block in (None, (16, 32, 4)):
         assert rel_err(skinny_linear(x, w, block=block, **kwargs), ref) < TOL[dtype]
-
-
-def test_skinny_linear_rows_do_not_mix():
-    """Each output row is its own input row's product: rows computed together equal rows computed
-    alone (a mix-up of row offsets in the kernel would break this and may pass a norm-free check)."""
-    x, w, kwargs = skinny_case(torch.float32, "norm+gated", rows=5)
-    together = skinny_linear(x, w, **kwargs)
-    alone = torch.cat([skinny_linear(x[i:i + 1], w, **kwargs) for i in range(5)])
-    assert rel_err(together, alone) < 1e-6
-    assert rel_err(skinny_linear(x.flip(0), w, **kwargs), together) > 0.1
 
 
 def test_skinny_linear_reference_catches_a_missing_fusion():
@@ -117,11 +106,9 @@ def test_skinny_linear_reference_catches_a_missing_fusion():
 
 
 def test_skinny_linear_refuses_bad_operands():
-    x, w = randn(3, 8), randn(6, 8, seed=1)
-    with pytest.raises(ValueError, match="at least one row"):
-        skinny_linear(x[:0], w)
-    with pytest.raises(ValueError, match="matching columns"):
-        skinny_linear(x[:, :7], w)
+    x, w = randn(MAX_ROWS + 1, 8), randn(6, 8, seed=1)
+    with pytest.raises(ValueError, match="one row"):
+        skinny_linear(x, w)
     with pytest.raises(ValueError, match="gated"):
         skinny_linear(x[:1], w, bias=randn(3), gated=True)
     with pytest.raises(ValueError, match="residual"):
@@ -133,7 +120,7 @@ def test_skinny_linear_refuses_bad_operands():
 
 
 def test_fused_linear_takes_the_kernel_only_without_autograd(kernels_on_cpu, monkeypatch):
-    """Fast numerics on kernels: a few rows by a small weight run the fused kernel; under autograd
+    """Fast numerics on kernels: one row by a small weight runs the fused kernel; under autograd
     (training a draft), past MAX_ROWS rows or past MAX_WEIGHT the PyTorch ops run."""
     layer = torch.nn.Linear(24, 10, bias=False)
     norm = specbench.model.RMSNorm(24, 1e-5)
@@ -240,7 +227,7 @@ def test_key_table_lists_each_tokens_ancestors_by_depth():
 def test_gpu_check_skinny_stage_runs_at_small_shapes():
     """The GPU check's fused-product stage, interpreted at tiny shapes: every check passes."""
     rows = gpu_check.skinny_checks({"tiny": (32, 6, 2, 16, 48, 100)}, "cpu")
-    assert len(rows) == 2 * len(gpu_check.SKINNY_ROWS) * 5 and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+    assert len(rows) == 2 * 5 and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
 
 
 def test_gpu_check_kernel_stage_runs_at_small_shapes(tmp_path):
@@ -269,12 +256,9 @@ for dt in ("bf16", "fp32"):
               **ints("M", "N", "K", "stride_xm", "stride_wn", "stride_om")},
               {"HAS_BIAS": True, "EMULATE": False, "BM": 64, "BN": 64, "BK": 64})
     assert ("wgmma" in k.asm["ptx"]) == (dt == "bf16")        # tensor cores for bf16; exact fp32 FMAs
-    fused = {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt, "RES": "*" + dt, "OUT": "*" + dt, "eps": "fp32"}
-    flags = {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False}
-    build(sk._skinny_kernel, {**fused, **ints("N", "K", "stride_wn")}, {**flags, "BN": 8, "BK": 512})
-    k = build(sk._skinny_rows_kernel, {**fused, **ints("M", "N", "K", "stride_xm", "stride_wn")},
-              {**flags, "BM": 16, "BN": 32, "BK": 64})
-    assert ("mma" in k.asm["ptx"]) == (dt == "bf16")
+    build(sk._skinny_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt, "RES": "*" + dt,
+          "OUT": "*" + dt, "eps": "fp32", **ints("N", "K", "stride_wn")},
+          {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False, "BN": 8, "BK": 512})
     build(rn._rms_norm_kernel, {"X": "*" + dt, "W": "*" + dt, "OUT": "*" + dt, "eps": "fp32",
           **ints("D", "stride_x", "stride_o")}, {"BLOCK": 1024})
     common = {"Q": "*" + dt, "K": "*" + dt, "V": "*" + dt, "START": "*i64", "PM": "*fp32", "PL": "*fp32",
@@ -310,7 +294,7 @@ def test_custom_ops_schemas_and_fake_tensors():
     k, v = k.nan_to_num(), v.nan_to_num()
     st = torch.tensor([10])
     cases = [(ops.matmul, (x, w, None)), (ops.rms_norm, (x, w[0], 1e-5)),
-             (ops.skinny_linear, (x, w, None, x[0], 1e-5, None, True)),
+             (ops.skinny_linear, (x[:1], w, None, x[0], 1e-5, None, True)),
              (ops.skinny_linear, (x[:1], w, randn(40, seed=5), None, 0.0, randn(1, 40, seed=2), False)),
              (ops.tree_attention, (q, k, v, st, mask)),
              (ops.invariant_attention, (q, k, v, st, numerics.key_table(st, mask, positions), positions))]
