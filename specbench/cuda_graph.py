@@ -153,12 +153,22 @@ class GraphedModel:
 
 
 def graphed_model(model: Transformer, max_len: int) -> GraphedModel:
-    """The model's graphs for a cache of at least max_len slots (sizes rounded up to 1024)."""
-    size = -(-(max_len + BUCKETS[-1]) // 1024) * 1024
+    """The model's graphs for a cache of at least max_len slots: the smallest set already captured
+    that is large enough (a replay reads only the live slots, so a larger cache costs nothing),
+    else a new one with its size rounded up to 1024. Reusing the larger set matters in a
+    benchmark: one long prompt once made a fresh set compile inside a timed answer (79 s, lookahead
+    W=31 N=5, docs/results/gpu_lookahead_scaling_h200/NOTE.md)."""
+    needed = max_len + BUCKETS[-1]
     graphs = model.__dict__.setdefault("_graphed", {})
-    key = (size, model.numerics)
+    fits = [size for size, numerics in graphs if numerics == model.numerics and size >= needed]
+    key = (min(fits) if fits else -(-needed // 1024) * 1024, model.numerics)
     if key not in graphs:
-        graphs[key] = GraphedModel(model, size)
+        graphs[key] = GraphedModel(model, key[0])
     graphed = graphs[key]
     graphed.cache.length = 0
     return graphed
+
+
+def step_buckets(max_nodes: int) -> tuple[int, ...]:
+    """The buckets a step whose forward holds the root and up to `max_nodes` nodes may use."""
+    return tuple(b for b in BUCKETS if b <= bucket(1 + max_nodes))

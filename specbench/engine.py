@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cuda_graph import BUCKETS, GraphedModel, graphed_model
+from .cuda_graph import BUCKETS, GraphedModel, graphed_model, step_buckets
 from .model import ForwardOut, KVCache, Transformer, send
 from .sampling import SamplingParams, process_logits
 from .timing import PhaseTimer
@@ -171,6 +171,9 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
 
     max_len = len(prompt_ids) + max_new_tokens + proposer.max_nodes + 1
     graphed = graphed_model(model, max_len) if device.type == "cuda" else None
+    if graphed is not None:   # capture every step shape now, not when a step first needs it
+        for b in step_buckets(proposer.max_nodes):
+            graphed.prepare(b, feature_layers=proposer.feature_layers)
     cache = graphed.cache if graphed is not None else model.new_cache(max_len)
     ctx = DecodeContext(model, cache, list(prompt_ids), len(prompt_ids), params, generator,
                         max_new_tokens, graphed)

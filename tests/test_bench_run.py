@@ -55,6 +55,18 @@ def test_full_run_writes_everything(monkeypatch, tmp_path, qfile):
     assert row.mean_accepted == 2.0 and row.exact_match == 1.0 and row.questions == 3
 
 
+def test_warm_up_runs_on_the_longest_first_turn(monkeypatch, tmp_path):
+    """On CUDA the longest prompt's captured graphs serve every shorter one, so the warm-up takes
+    the longest first turn (the first question's would leave a longer prompt to capture in a timed
+    answer)."""
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps({"question_id": i, "category": "a", "turns": [list(range(1, n))]}) + "\n"
+                             for i, n in ((1, 3), (2, 9), (3, 5))))
+    gen = install(monkeypatch)
+    run_benchmark(base_config(qfile), tmp_path / "res", model=fake_model(), progress=False)
+    assert [c[1] for c in gen.calls[:3]] == [list(range(1, 9))] * 3
+
+
 def test_resume_after_interrupt_has_no_duplicates(monkeypatch, tmp_path, qfile):
     out = tmp_path / "res"
     cfg = base_config(qfile)

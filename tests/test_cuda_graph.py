@@ -1,4 +1,5 @@
-"""On a GPU only (skipped elsewhere): the compiled, captured forward equals the eager forward.
+"""The compiled, captured forward equals the eager forward (on a GPU only, skipped elsewhere); which
+captured set and shapes a generation uses (also on CPU, with a stand-in for the captured set).
 
 The CUDA-graph path pads new tokens to a bucket, reads the committed length from a device tensor
 and writes K/V from inside a compiled graph; this checks its logits and the K/V it leaves in the
@@ -8,13 +9,33 @@ import pytest
 import torch
 
 import specbench
-from specbench import engine
-from specbench.cuda_graph import graphed_model
+from specbench import cuda_graph, engine
+from specbench.cuda_graph import graphed_model, step_buckets
 from specbench.tree import ancestor_mask
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+def test_graphed_model_reuses_a_larger_captured_set(monkeypatch):
+    """A prompt that needs a larger cache gets a new set; every later, shorter one reuses the
+    smallest set large enough instead of capturing again (a benchmark warms up on its longest
+    prompt so that no timed answer captures)."""
+    class Captured:      # stands in for GraphedModel: records the sizes captured
+        def __init__(self, model, size):
+            self.size, self.cache = size, type("Cache", (), {"length": 5})()
+
+    monkeypatch.setattr(cuda_graph, "GraphedModel", Captured)
+    model = specbench.random_model(seed=0)
+    long = graphed_model(model, 1500)
+    assert long.size == 2048 and long.cache.length == 0
+    assert graphed_model(model, 100) is long
+    assert graphed_model(model, 1792) is long
+    assert graphed_model(model, 1793).size == 3072
+    assert graphed_model(model, 100) is long
+    assert step_buckets(0) == (1,) and step_buckets(3) == (1, 4) and step_buckets(151) == cuda_graph.BUCKETS
+
+
+@needs_cuda
 @pytest.mark.parametrize("compiled", ["1", "0"])     # SPECBENCH_COMPILE=0 captures the eager forward
 def test_graphed_forward_matches_eager(monkeypatch, compiled):
     monkeypatch.setenv("SPECBENCH_COMPILE", compiled)
@@ -65,6 +86,7 @@ def _draft_run(compiled: str, monkeypatch, method: str) -> tuple[list[int], list
     return vanilla.token_ids, out.token_ids, drafts
 
 
+@needs_cuda
 @pytest.mark.parametrize("method", ["eagle_static", "eagle_dynamic", "eagle3"])
 def test_compiled_drafts_match_plain(monkeypatch, method):
     """EAGLE's and EAGLE-3's draft steps are captured in CUDA graphs and torch.compile'd by
@@ -75,3 +97,13 @@ def test_compiled_drafts_match_plain(monkeypatch, method):
     assert compiled == vanilla == plain
     assert len(plain_drafts) > 1 and any(plain_drafts)
     assert compiled_drafts == plain_drafts
+
+
+@needs_cuda
+def test_a_generation_captures_every_step_shape_first():
+    """Every bucket a step may use is captured before the first step (lookahead: up to 256 nodes),
+    so none is captured inside a timed step."""
+    model = specbench.random_model(vocab_size=64, seed=0).to("cuda")
+    specbench.generate(model, list(range(3, 40)), method="lookahead", max_new_tokens=4, W=31, N=5)
+    graphed = graphed_model(model, 40 + 4 + 152)
+    assert {key[0] for key in graphed.graphs if key[1:] == (0, None, ())} == set(cuda_graph.BUCKETS)

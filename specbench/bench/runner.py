@@ -5,8 +5,8 @@ Protocol (Spec-Bench's, made stricter):
 1. Resolve and validate the config, load and select the questions (a bad dataset line stops the
    run here), check the out folder (`store.prepare_folder`): all before any model is loaded.
 2. Load the model (and drafts, and the Hugging Face twin for hf* methods) once.
-3. Warm up: one short untimed generation per method (``warmup_tokens`` tokens on the first
-   question), every time the process starts work.
+3. Warm up: one short untimed generation per method (``warmup_tokens`` tokens on the longest
+   first turn, whose CUDA graphs then serve every shorter prompt), every time the process starts work.
 4. For each repeat, for each question, for each method (reference vanilla first), for each turn:
    build the prompt token ids (chat template over the conversation so far, with this method's own
    earlier answers as assistant messages; token-id turns are concatenated instead), then time
@@ -298,7 +298,8 @@ def _run_units(cfg, out, questions, remaining, total, done, answers, model, prog
             build_prompt(model, q, 0, [])
     if cfg["warmup_tokens"] > 0:
         _log(progress, f"warm-up: {len(calls)} methods x {cfg['warmup_tokens']} tokens (untimed)")
-        warm_ids = build_prompt(model, questions[0], 0, [])
+        # the longest first turn: on CUDA its cache size serves every shorter prompt (cuda_graph.graphed_model)
+        warm_ids = max((build_prompt(model, q, 0, []) for q in questions), key=len)
         for label, call in calls.items():
             with torch.no_grad():
                 call(warm_ids, min(cfg["warmup_tokens"], cfg["max_new_tokens"]))
