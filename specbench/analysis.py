@@ -12,7 +12,6 @@ import json
 import math
 import os
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,48 +217,10 @@ def acceptance_mle(result: BenchResult, label: str) -> float:
     return accepted / (accepted + rejections) if accepted + rejections else math.nan
 
 
-@torch.inference_mode()
-def forward_seconds(model: Transformer, new_tokens: int, cache_len: int = 128, repeats: int = 15) -> float:
-    """Wall seconds of one forward of `model` over `new_tokens` (causal) on a cache holding
-    `cache_len` tokens (a verification over k tokens, or a draft step when k = 1): the fastest of
-    `repeats` calls, since other jobs on a shared machine only ever add time."""
-    device = model.device
-    cache = model.new_cache(cache_len + new_tokens)
-    tokens = torch.randint(model.args.vocab_size, (new_tokens,), generator=torch.Generator().manual_seed(0))
-    tokens, positions = tokens.to(device), torch.arange(cache_len, cache_len + new_tokens, device=device)
-    times = []
-    for i in range(repeats + 2):          # two warm-up calls
-        cache.length = cache_len
-        start = time.perf_counter()
-        model(tokens, positions, cache)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-COSTS_FILE = "forward_costs.json"
-
-
-def forward_costs(folder: Path, model: Transformer, draft: Transformer, gammas: list[int]) -> dict:
-    """c (a draft forward over one token / a target forward over one) and the verification cost
-    of gamma + 1 tokens (a target forward over them / over one) for each gamma, read from
-    `folder`/forward_costs.json when it is there (a committed run), else measured now and written
-    there beside the run they explain, with the device and the time of measurement."""
-    path = Path(folder) / COSTS_FILE
-    if path.is_file():
-        costs = json.loads(path.read_text(encoding="utf-8"))
-        if all(str(g + 1) in costs["verify_costs"] for g in gammas):
-            return costs
-    target_s = forward_seconds(model, 1)
-    costs = {"target_ms": 1e3 * target_s, "draft_ms": 1e3 * forward_seconds(draft, 1),
-             "verify_costs": {str(g + 1): forward_seconds(model, g + 1) / target_s for g in gammas},
-             "device": str(model.device), "threads": torch.get_num_threads(),
-             "load_average": os.getloadavg()[0], "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    costs["c"] = costs["draft_ms"] / costs["target_ms"]
-    path.write_text(json.dumps(costs, indent=2) + "\n", encoding="utf-8")
-    return costs
+def profile_step_ms(profile_csv: Path, cache_len: int = 512) -> float:
+    """From a `specbench profile` CSV: milliseconds of a forward over one new token."""
+    df = pd.read_csv(profile_csv)
+    return float(df[(df["cache_len"] == cache_len) & (df["new_tokens"] == 1)]["ms"].iloc[0])
 
 
 def profile_verify_costs(profile_csv: Path, sizes: list[int], cache_len: int = 512) -> dict:
