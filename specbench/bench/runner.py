@@ -292,14 +292,12 @@ def _run_units(cfg, out, questions, remaining, total, done, answers, model, prog
         model = core_load_model(cfg["model"], cfg["device"], cfg["dtype"], verbose, announce=progress)
     device = _device(model)
     calls = _Methods(model, cfg, verbose).calls
-    # every prompt is built before timing starts, so a bad question fails early
-    for q in questions:
-        if isinstance(q.turns[0], str) and getattr(model, "tokenizer", None) is None:
-            build_prompt(model, q, 0, [])
+    # every first turn is built before timing starts, so a bad question fails early
+    first_turns = [build_prompt(model, q, 0, []) for q in questions]
     if cfg["warmup_tokens"] > 0:
         _log(progress, f"warm-up: {len(calls)} methods x {cfg['warmup_tokens']} tokens (untimed)")
         # the longest first turn: on CUDA its cache size serves every shorter prompt (cuda_graph.graphed_model)
-        warm_ids = max((build_prompt(model, q, 0, []) for q in questions), key=len)
+        warm_ids = max(first_turns, key=len)
         for label, call in calls.items():
             with torch.no_grad():
                 call(warm_ids, min(cfg["warmup_tokens"], cfg["max_new_tokens"]))
