@@ -217,10 +217,16 @@ def acceptance_mle(result: BenchResult, label: str) -> float:
     return accepted / (accepted + rejections) if accepted + rejections else math.nan
 
 
+def _profile_curve(profile_csv: Path, cache_len: int) -> pd.DataFrame:
+    """A `specbench profile` CSV's rows at one cache length, by new tokens."""
+    df = pd.read_csv(profile_csv)
+    return df[df["cache_len"] == cache_len].sort_values("new_tokens")
+
+
 def profile_step_ms(profile_csv: Path, cache_len: int = 512) -> float:
     """From a `specbench profile` CSV: milliseconds of a forward over one new token."""
-    df = pd.read_csv(profile_csv)
-    return float(df[(df["cache_len"] == cache_len) & (df["new_tokens"] == 1)]["ms"].iloc[0])
+    df = _profile_curve(profile_csv, cache_len)
+    return float(df[df["new_tokens"] == 1]["ms"].iloc[0])
 
 
 def profile_verify_costs(profile_csv: Path, sizes: list[int], cache_len: int = 512) -> dict:
@@ -228,8 +234,7 @@ def profile_verify_costs(profile_csv: Path, sizes: list[int], cache_len: int = 5
     forwards, for each k in sizes. On CUDA a forward is padded to a graph bucket, so k costs what
     the smallest profiled n >= k does (the profiled n include the buckets); on a CPU the cost is
     interpolated linearly between the profiled n around k."""
-    df = pd.read_csv(profile_csv)
-    df = df[df["cache_len"] == cache_len].sort_values("new_tokens")
+    df = _profile_curve(profile_csv, cache_len)
     ns, xs = df["new_tokens"].tolist(), df["x_step"].tolist()
     padded = (df["device"] == "cuda").all()
     costs = {}
