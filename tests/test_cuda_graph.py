@@ -87,9 +87,9 @@ def _draft_run(compiled: str, monkeypatch, method: str) -> tuple[list[int], list
 
 
 @needs_cuda
-@pytest.mark.parametrize("method", ["eagle_static", "eagle_dynamic", "eagle3"])
+@pytest.mark.parametrize("method", ["medusa", "eagle_static", "eagle_dynamic", "eagle3"])
 def test_compiled_drafts_match_plain(monkeypatch, method):
-    """EAGLE's and EAGLE-3's draft steps are captured in CUDA graphs and torch.compile'd by
+    """Medusa's, EAGLE's and EAGLE-3's draft steps are captured in CUDA graphs and torch.compile'd by
     default: in float32 they give vanilla's tokens and draft, step for step, the trees of
     SPECBENCH_COMPILE=0 (so a draft that compiles wrongly shows)."""
     vanilla, compiled, compiled_drafts = _draft_run("1", monkeypatch, method)
