@@ -216,8 +216,10 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
                     result = verify_tree(tree, probs, False, rng)
                 cache.compact([0] + [1 + i for i in result.accepted])
                 accepted = result.accepted
-                committed = [int(t) for t in tree.tokens[accepted].tolist()] + [result.next_token]
-                argmax = logits.argmax(-1).tolist()
+                # the tree's tokens and the target's argmax (lookahead's window reads it) in one read
+                read = torch.cat([tree.tokens.to(device), logits.argmax(-1)]).tolist()
+                committed = [read[i] for i in accepted] + [result.next_token]
+                argmax = read[tree.size:]
             if layers:
                 row = 1 + accepted[-1] if accepted else 0
                 ctx.root_features = step_features[row:row + 1]

@@ -5,12 +5,14 @@ losslessness proof (tests/test_verify_exact.py) covers all of them at once.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from .errors import SpecbenchError
+from .model import send
 from .sampling import sample
 from .tree import DraftTree, ancestor_mask
 
@@ -24,14 +26,18 @@ class RandomSource(Protocol):
 
 
 class TorchRandom:
-    """The production RandomSource: draws from a torch.Generator (None = torch's default)."""
+    """The production RandomSource: categorical draws from a torch.Generator (None = torch's
+    default) on its device; accept tests from a host generator seeded from it, so that they never
+    wait for the device."""
 
     def __init__(self, generator: torch.Generator | None):
         self.generator = generator
         self.device = generator.device if generator is not None else torch.device("cpu")
+        seed = generator.initial_seed() if generator is not None else int(torch.randint(2 ** 62, ()))
+        self.host = random.Random(seed)
 
     def bernoulli(self, prob: float) -> bool:
-        return bool(torch.rand(1, generator=self.generator, device=self.device).item() < prob)
+        return self.host.random() < prob
 
     def categorical(self, probs: torch.Tensor) -> int:
         return int(sample(probs.to(self.device), self.generator).item())
@@ -62,50 +68,70 @@ def verify_tree(tree: DraftTree, p: torch.Tensor, greedy: bool, rng: RandomSourc
         order, count, next_token = verify_greedy(tree, p.argmax(-1), anc)
         packed = torch.cat([count.view(1), next_token.view(1), order]).tolist()
         return VerifyResult(packed[2:2 + packed[0]], packed[1])
-    tokens: list[int] = tree.tokens.tolist()
     parents: list[int] = tree.parents.tolist()
-
-    dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-    p = p.detach().to("cpu", dtype)
-    if tree.q is None:   # a deterministic draft is a draft whose q is one-hot at its token
-        q = torch.nn.functional.one_hot(tree.tokens.cpu(), p.shape[1]).to(dtype)
-    else:
-        q = tree.q.detach().to("cpu", dtype)
     children: list[list[int]] = [[] for _ in range(1 + n)]   # by row: root = 0, node i = i + 1
     for i, parent in enumerate(parents):
         children[parent + 1].append(i)
-
+    accept, residual = sibling_trials(tree, p, children)
+    accept = accept.tolist()          # one read of the device before the final draw
     accepted: list[int] = []
-    row, r = 0, p[0]
+    row = 0
     while True:
         for child in children[row]:
-            x = tokens[child]
-            a = _accept_prob(float(r[x]), float(q[child, x]))
+            a = accept[child]
             if a >= 1.0 or (a > 0.0 and rng.bernoulli(a)):
                 accepted.append(child)
-                row, r = child + 1, p[child + 1]
+                row = child + 1
                 break
-            r = _residual(r, q[child])
         else:   # no child accepted (or none to try): the correction or bonus token comes from r
-            return VerifyResult(accepted, rng.categorical(r))
+            return VerifyResult(accepted, rng.categorical(residual[row]))
 
 
-def _accept_prob(r_x: float, q_x: float) -> float:
+def sibling_trials(tree: DraftTree, p: torch.Tensor, children: list[list[int]]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every probability sampled verification needs, computed ahead on p's device.
+
+    A node is tried only after its elder siblings were all rejected, so the residual it meets
+    depends on its row and elder siblings alone. Hence, for every node at once, `accept` [n]: the
+    chance min(1, r(x) / q(x)) that it is accepted when tried; and for every row `residual`
+    [1 + n, V]: r once all its children are rejected (the correction's distribution; p itself for
+    a row without children, whose draw is the bonus token). One pass per sibling rank over the rows
+    with a child of that rank replaces a walk over p on the host (a step of EAGLE's 60-node tree at
+    temperature 1 took 20 ms on the H200 that way, docs/results/gpu_eagle_t1_h200/NOTE.md)."""
+    dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+    device, vocab = p.device, p.shape[1]
+    r = p.detach().to(dtype).clone()
+    accept = torch.zeros(tree.size, dtype=dtype, device=device)
+    tokens = tree.tokens.to(device, non_blocking=True)
+    q_all = None if tree.q is None else tree.q.detach().to(device, dtype)
+    for k in range(max(map(len, children))):
+        rows, nodes = zip(*((row, kids[k]) for row, kids in enumerate(children) if len(kids) > k))
+        rows, nodes = send(list(rows), device), send(list(nodes), device)
+        x = tokens[nodes][:, None]
+        if q_all is None:   # a deterministic draft is a draft whose q is one-hot at its token
+            q = torch.zeros(len(x), vocab, dtype=dtype, device=device).scatter_(1, x, 1.0)
+        else:
+            q = q_all[nodes]
+        r_rows = r[rows]
+        accept[nodes] = _accept_prob(r_rows.gather(1, x)[:, 0], q.gather(1, x)[:, 0])
+        r[rows] = _residual(r_rows, q)
+    return accept, r
+
+
+def _accept_prob(r_x: torch.Tensor, q_x: torch.Tensor) -> torch.Tensor:
     """min(1, r(x) / q(x)); never accepts a token the target rules out, even if q(x) == 0."""
-    if r_x <= 0.0:
-        return 0.0
-    return 1.0 if r_x >= q_x else r_x / q_x
+    return torch.where(r_x <= 0, 0.0, torch.where(r_x >= q_x, 1.0, r_x / q_x.clamp_min(1e-300)))
 
 
 def _residual(r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """normalize(max(0, r - q)): what r still owes after a rejected try with draft q.
+    """normalize(max(0, r - q)) per row: what r still owes after a rejected try with draft q.
 
     Zero mass means the rejection had probability 0 (r <= q everywhere, i.e. r == q) and only
     rounding got us here; keep r rather than divide by zero.
     """
-    res = (r - q).clamp_min_(0.0)
-    mass = float(res.sum())
-    return res / mass if mass > 0.0 else r
+    res = (r - q).clamp_min(0.0)
+    mass = res.sum(-1, keepdim=True)
+    return torch.where(mass > 0, res / mass.clamp_min(1e-300), r)
 
 
 def verify_greedy(tree: DraftTree, argmax: torch.Tensor, anc: torch.Tensor
@@ -149,13 +175,14 @@ def verify_typical(tree: DraftTree, p: torch.Tensor, threshold: float, alpha: fl
     n = tree.size
     if p.dim() != 2 or p.shape[0] != 1 + n:
         raise SpecbenchError(f"verify_typical: p must be [1 + {n}, V], got {list(p.shape)}")
-    p = p.detach().to("cpu", torch.float64)
+    p = p.detach().float()           # on p's device: only the accepted path is read back
     entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
     bound = torch.minimum(torch.full_like(entropy, threshold), alpha * torch.exp(-entropy))
-    rows = tree.parents.cpu() + 1
-    plausible = p[rows, tree.tokens.cpu()] > bound[rows]
+    rows = tree.parents.to(p.device) + 1
+    plausible = p[rows, tree.tokens.to(p.device)] > bound[rows]
     accepted: list[int] = []
     if n:
-        order, count = deepest_ok_path(ancestor_mask(tree.parents.cpu())[1:, 1:], plausible)
-        accepted = order[: int(count)].tolist()
+        order, count = deepest_ok_path(ancestor_mask(tree.parents)[1:, 1:].to(p.device), plausible)
+        packed = torch.cat([count.view(1), order]).tolist()
+        accepted = packed[1:1 + packed[0]]
     return VerifyResult(accepted, rng.categorical(p[accepted[-1] + 1 if accepted else 0]))

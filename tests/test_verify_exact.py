@@ -335,7 +335,7 @@ def tree_example() -> tuple[Language, list[int]]:
 
 
 def always_accept(monkeypatch):
-    monkeypatch.setattr(verify_mod, "_accept_prob", lambda r_x, q_x: 1.0)
+    monkeypatch.setattr(verify_mod, "_accept_prob", lambda r_x, q_x: torch.ones_like(r_x))
 
 
 def resample_from_p(monkeypatch):
@@ -344,15 +344,20 @@ def resample_from_p(monkeypatch):
 
 
 def forget_earlier_siblings(monkeypatch):
-    """Residual from the node's target each time, not from the running residual."""
-    correct = verify_mod._residual
+    """Each child tried against its row's target, not against the residual its rejected elder
+    siblings left (the correction then comes from the last child's residual alone)."""
+    correct = verify_mod.sibling_trials
 
-    def residual(r, q):
-        node_target = getattr(r, "node_target", r)
-        out = correct(node_target, q)
-        out.node_target = node_target
-        return out
-    monkeypatch.setattr(verify_mod, "_residual", residual)
+    def trials(tree, p, children):
+        accept, residual = torch.zeros(tree.size, dtype=p.dtype), p.clone()
+        for k in range(max(map(len, children))):   # each rank's children alone, against p
+            rank_k = [kids[k:k + 1] for kids in children]
+            a, r = correct(tree, p, rank_k)
+            nodes = [kids[0] for kids in rank_k if kids]
+            rows = [row for row, kids in enumerate(rank_k) if kids]
+            accept[nodes], residual[rows] = a[nodes], r[rows]
+        return accept, residual
+    monkeypatch.setattr(verify_mod, "sibling_trials", trials)
 
 
 def test_examples_pass_with_the_real_verifier():
