@@ -5,6 +5,8 @@ The CUDA-graph path pads new tokens to a bucket, reads the committed length from
 and writes K/V from inside a compiled graph; this checks its logits and the K/V it leaves in the
 cache against the plain forward, in float32, for a chain and a tree on a prefilled cache.
 """
+import gc
+
 import pytest
 import torch
 
@@ -97,6 +99,25 @@ def test_compiled_drafts_match_plain(monkeypatch, method):
     assert compiled == vanilla == plain
     assert len(plain_drafts) > 1 and any(plain_drafts)
     assert compiled_drafts == plain_drafts
+
+
+@needs_cuda
+def test_a_captured_draft_outlives_the_proposer_that_captured_it():
+    """A captured draft step is kept on the drafter and replayed by later generations' proposers:
+    it must own every tensor it reads. Memory the first proposer held is refilled with
+    out-of-vocabulary ids before the second generation, which must still equal vanilla."""
+    model = specbench.random_model(vocab_size=64, num_layers=3, hidden_size=64, num_heads=4,
+                                   num_kv_heads=2, seed=1).to("cuda")
+    prompt = [1, 2, 3, 4, 5, 1, 2, 3]
+    vanilla = specbench.generate(model, prompt, max_new_tokens=24, chat=False).token_ids
+    for kind in ("medusa", "eagle"):
+        drafter = specbench.random_drafter(model, kind, seed=0)
+        first = specbench.generate(model, prompt, method=kind, drafter=drafter, max_new_tokens=24, chat=False)
+        gc.collect()
+        filler = [torch.full((n,), 10 ** 9, dtype=torch.long, device="cuda") for n in range(1, 512) for _ in range(4)]
+        second = specbench.generate(model, prompt, method=kind, drafter=drafter, max_new_tokens=24, chat=False)
+        del filler
+        assert first.token_ids == second.token_ids == vanilla, kind
 
 
 @needs_cuda

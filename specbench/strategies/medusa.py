@@ -39,12 +39,16 @@ def tree_tokens(drafter: MedusaHeads, model: Transformer, features: torch.Tensor
 
 
 class GraphedTreeTokens:
-    """`tree_tokens` compiled and captured in one CUDA graph over a static feature buffer."""
+    """`tree_tokens` compiled and captured in one CUDA graph over static buffers. The graph reads
+    its tensors by address, so it owns every one of them: indices held by the proposer that
+    captured it were freed with that proposer, and a later replay read reused memory as token
+    indices (a device-side assert in a benchmark of several trees on the H200)."""
 
     def __init__(self, drafter: MedusaHeads, model: Transformer, head: torch.Tensor, rank: torch.Tensor, topk: int):
         self.features = torch.zeros(1, model.args.hidden_size, dtype=model.dtype, device=model.device)
-        self.graph, self.out = capture(lambda: tree_tokens(drafter, model, self.features, head, rank, topk),
-                                       self, compiling())
+        self.head, self.rank = head.clone(), rank.clone()
+        self.graph, self.out = capture(
+            lambda: tree_tokens(drafter, model, self.features, self.head, self.rank, topk), self, compiling())
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         self.features.copy_(features)
