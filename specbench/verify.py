@@ -95,27 +95,48 @@ def sibling_trials(tree: DraftTree, p: torch.Tensor, children: list[list[int]]
     depends on its row and elder siblings alone. Hence, for every node at once, `accept` [n]: the
     chance min(1, r(x) / q(x)) that it is accepted when tried; and for every row `residual`
     [1 + n, V]: r once all its children are rejected (the correction's distribution; p itself for
-    a row without children, whose draw is the bonus token). One pass per sibling rank over the rows
-    with a child of that rank replaces a walk over p on the host (a step of EAGLE's 60-node tree at
-    temperature 1 took 20 ms on the H200 that way, docs/results/gpu_eagle_t1_h200/NOTE.md)."""
+    a row without children, whose draw is the bonus token). This replaces a walk over p on the
+    host, which took 16 ms per step of EAGLE's 60-node tree at temperature 1 on the H200
+    (docs/results/gpu_eagle_t1_h200/NOTE.md)."""
     dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-    device, vocab = p.device, p.shape[1]
-    r = p.detach().to(dtype).clone()
+    p = p.detach().to(dtype)
+    if tree.q is None:
+        return _one_hot_trials(tree, p)
+    device = p.device
+    r = p.clone()
     accept = torch.zeros(tree.size, dtype=dtype, device=device)
     tokens = tree.tokens.to(device, non_blocking=True)
-    q_all = None if tree.q is None else tree.q.detach().to(device, dtype)
-    for k in range(max(map(len, children))):
+    q_all = tree.q.detach().to(device, dtype)
+    for k in range(max(map(len, children))):      # one pass per sibling rank
         rows, nodes = zip(*((row, kids[k]) for row, kids in enumerate(children) if len(kids) > k))
         rows, nodes = send(list(rows), device), send(list(nodes), device)
         x = tokens[nodes][:, None]
-        if q_all is None:   # a deterministic draft is a draft whose q is one-hot at its token
-            q = torch.zeros(len(x), vocab, dtype=dtype, device=device).scatter_(1, x, 1.0)
-        else:
-            q = q_all[nodes]
-        r_rows = r[rows]
+        q, r_rows = q_all[nodes], r[rows]
         accept[nodes] = _accept_prob(r_rows.gather(1, x)[:, 0], q.gather(1, x)[:, 0])
         r[rows] = _residual(r_rows, q)
     return accept, r
+
+
+def _one_hot_trials(tree: DraftTree, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sibling_trials` for a deterministic draft (q one-hot at each node's token), in closed form:
+    a rejected try zeroes its token and renormalizes, so the node tried after elder siblings with
+    distinct tokens x_1..x_j meets r(x) = p(x) / (1 - p(x_1) - ... - p(x_j)), or 0 when x repeats
+    one of them; and a row's final residual is p with all its children's tokens zeroed,
+    renormalized. A fixed number of tensor operations, however many siblings (EAGLE's dynamic tree
+    has ten per row)."""
+    device, n = p.device, tree.size
+    rows = tree.parents.to(device, non_blocking=True) + 1
+    tokens = tree.tokens.to(device, non_blocking=True)
+    p_x = p[rows, tokens]                                             # [n]
+    idx = torch.arange(n, device=device)
+    elder = (rows[:, None] == rows[None, :]) & (idx[None, :] < idx[:, None])   # [i, j]: j before i
+    repeats = (elder & (tokens[:, None] == tokens[None, :])).any(-1)
+    taken = (elder & ~repeats[None, :]).to(p.dtype) @ p_x            # mass of the distinct elders
+    left = 1.0 - taken
+    r_x = torch.where(repeats | (left <= 0), 0.0, p_x / left.clamp_min(1e-300))
+    accept = _accept_prob(r_x, torch.ones_like(r_x))
+    children_tokens = torch.zeros_like(p).index_put_((rows, tokens), torch.ones_like(p_x))
+    return accept, _residual(p, children_tokens)
 
 
 def _accept_prob(r_x: torch.Tensor, q_x: torch.Tensor) -> torch.Tensor:

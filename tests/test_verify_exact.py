@@ -346,16 +346,14 @@ def resample_from_p(monkeypatch):
 def forget_earlier_siblings(monkeypatch):
     """Each child tried against its row's target, not against the residual its rejected elder
     siblings left (the correction then comes from the last child's residual alone)."""
-    correct = verify_mod.sibling_trials
-
     def trials(tree, p, children):
-        accept, residual = torch.zeros(tree.size, dtype=p.dtype), p.clone()
-        for k in range(max(map(len, children))):   # each rank's children alone, against p
-            rank_k = [kids[k:k + 1] for kids in children]
-            a, r = correct(tree, p, rank_k)
-            nodes = [kids[0] for kids in rank_k if kids]
-            rows = [row for row, kids in enumerate(rank_k) if kids]
-            accept[nodes], residual[rows] = a[nodes], r[rows]
+        n, tokens = tree.size, tree.tokens
+        q = tree.q if tree.q is not None else torch.nn.functional.one_hot(tokens, p.shape[1]).to(p.dtype)
+        accept = verify_mod._accept_prob(p[tree.parents + 1, tokens], q[torch.arange(n), tokens])
+        residual = p.clone()
+        for row, kids in enumerate(children):
+            if kids:
+                residual[row] = verify_mod._residual(p[row:row + 1], q[kids[-1]:kids[-1] + 1])[0]
         return accept, residual
     monkeypatch.setattr(verify_mod, "sibling_trials", trials)
 
