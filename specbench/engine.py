@@ -72,6 +72,7 @@ class Proposer:
     """A decoding strategy: drafts token trees and hears what was accepted; never verifies."""
     lossless: bool = True
     max_nodes: int = 0              # most draft + aux nodes one step can add to the target forward
+    verify_start_layer: int = 0     # the layer a step's target forward starts at (early exit resumes)
     # target layers (layer i = the residual stream after i blocks) whose outputs at the root's
     # producing row the engine keeps in ctx.root_features (Medusa, EAGLE read them)
     feature_layers: tuple[int, ...] = ()
@@ -173,7 +174,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
     graphed = graphed_model(model, max_len) if device.type == "cuda" else None
     if graphed is not None:   # capture every step shape now, not when a step first needs it
         for b in step_buckets(proposer.max_nodes):
-            graphed.prepare(b, feature_layers=proposer.feature_layers)
+            graphed.prepare(b, start_layer=proposer.verify_start_layer, feature_layers=proposer.feature_layers)
     cache = graphed.cache if graphed is not None else model.new_cache(max_len)
     ctx = DecodeContext(model, cache, list(prompt_ids), len(prompt_ids), params, generator,
                         max_new_tokens, graphed)

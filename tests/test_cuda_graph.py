@@ -13,6 +13,7 @@ import torch
 import specbench
 from specbench import cuda_graph, engine
 from specbench.cuda_graph import graphed_model, step_buckets
+from specbench.strategies.early_exit import EarlyExit
 from specbench.tree import ancestor_mask
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -35,6 +36,22 @@ def test_graphed_model_reuses_a_larger_captured_set(monkeypatch):
     assert graphed_model(model, 1793).size == 3072
     assert graphed_model(model, 100) is long
     assert step_buckets(0) == (1,) and step_buckets(3) == (1, 4) and step_buckets(151) == cuda_graph.BUCKETS
+
+
+def test_early_exit_verifies_from_the_layer_it_declares(monkeypatch):
+    """engine.run captures the step shapes at the proposer's `verify_start_layer` before the first
+    step; early exit's trees resume at its exit layer, so that is what it must declare."""
+    model = specbench.random_model(vocab_size=64, num_layers=4, seed=0)
+    resumed = []
+    step_inputs = engine.step_inputs
+
+    def recording(root, draft, length, device):
+        resumed.append(draft.resume_layer)
+        return step_inputs(root, draft, length, device)
+
+    monkeypatch.setattr(engine, "step_inputs", recording)
+    specbench.generate(model, [1, 2, 3, 4], method="early_exit", exit_layer=2, max_new_tokens=12, chat=False)
+    assert resumed and set(resumed) == {EarlyExit(model, exit_layer=2).verify_start_layer} == {2}
 
 
 @needs_cuda

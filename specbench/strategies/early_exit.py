@@ -57,6 +57,7 @@ class EarlyExit(Proposer):
         self.thresholds = list(thresholds)
         self.lossless = self.lossless_with({"mode": mode})
         self.max_nodes = num_draft if self.lossless else 0
+        self.verify_start_layer = self.exit_layer if self.lossless else 0
         self.exits: list[int] = []
 
     @classmethod
