@@ -26,10 +26,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .errors import SpecbenchError
 
 MODES = ("fast", "batch_invariant")
+# SDPA's backends for eager CUDA calls: all but cuDNN, which builds a plan for every new shape
+# (50 ms, on the host, for EAGLE's draft prefill of each new prompt length on the H200)
+EAGER_CUDA_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 CPU_ROWS = 8     # rows per F.linear call in batch_invariant mode on CPU
 
 
@@ -113,8 +117,16 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
     heads sharing a kv head run as one batch of (group x n) rows over it, so no k or v is copied
     (SDPA's enable_gqa repeats them per query head on CPU, which at a 512-token cache cost more
     than the layer's matrix products); query head h uses kv head h // group, as in
-    repeat_interleave.
+    repeat_interleave. Eager CUDA calls never use cuDNN (`EAGER_CUDA_SDPA`).
     """
+    if q.is_cuda and not torch.compiler.is_compiling():
+        with sdpa_kernel(EAGER_CUDA_SDPA):
+            return _sdpa(q, k, v, mask, causal)
+    return _sdpa(q, k, v, mask, causal)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+          causal: bool) -> torch.Tensor:
     n, heads, d = q.shape
     kv_heads = k.shape[0]
     if causal:

@@ -69,3 +69,28 @@ def test_an_extra_read_is_counted(target, monkeypatch):
     monkeypatch.setattr(engine, "_commit_greedy", reads_twice)
     syncs, steps = step_syncs(target, "vanilla")
     assert syncs == 2 * steps
+
+
+def test_eager_attention_builds_no_cudnn_plan_per_shape():
+    """cuDNN's SDPA builds a plan for each new shape on the host (50 ms on the H200: EAGLE's draft
+    prefill paid it once per prompt length). Negative control: plain SDPA with the same masked,
+    unaligned shape selects cuDNN where it is enabled, so the check can see it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from specbench import numerics
+
+    q = torch.randn(57, 6, 64, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, 57, 64, device="cuda", dtype=torch.bfloat16)
+    mask = torch.ones(57, 57, dtype=torch.bool, device="cuda").tril()
+
+    def cudnn_ops(fn) -> int:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        return sum("cudnn" in e.key for e in prof.key_averages())
+
+    assert cudnn_ops(lambda: numerics.sdpa(q, k, k, mask)) == 0
+    rows = q.transpose(0, 1).reshape(1, 2, 3 * 57, 64)
+    if torch.backends.cuda.cudnn_sdp_enabled():
+        assert cudnn_ops(lambda: torch.nn.functional.scaled_dot_product_attention(
+            rows, k[None], k[None], attn_mask=mask.repeat(3, 1))) > 0

@@ -50,10 +50,13 @@ from ..tree import DraftTree, depths
 
 # default settings per device: a CPU pays per draft level (above all the LM head) and per verified
 # token, a GPU much less. CPU: the fastest dynamic tree of experiments/cpu_eagle_sweep.yaml
-# (docs/results/cpu_eagle_sweep/: 0.83x vanilla against 0.70x for depth 4). CUDA: the official
-# EAGLE-2 setting until experiments/gpu_eagle_sweep.yaml runs
+# (docs/results/cpu_eagle_sweep/: 0.83x vanilla against 0.70x for depth 4). CUDA: the grid
+# experiments/gpu_eagle_grid.yaml (docs/results/gpu_eagle_grid_h200/) found depth 4, top-k 10, 60
+# tokens fastest (0.94x against 0.85x for the official EAGLE-2 depth 6: each level costs a draft
+# forward, 0.16 ms on the H200, and deeper levels are rarely accepted); experiments/gpu_defaults.yaml
+# then measured depth 3 faster still (0.98x against 0.94x, docs/results/gpu_defaults_h200/)
 DEFAULTS = {"cpu": {"depth": 3, "draft_top_k": 4, "total_tokens": 10, "draft_vocab": None},
-            "cuda": {"depth": 6, "draft_top_k": 10, "total_tokens": 60, "draft_vocab": None}}
+            "cuda": {"depth": 3, "draft_top_k": 10, "total_tokens": 60, "draft_vocab": None}}
 MAX_NODES = BUCKETS[-1] - 1     # the root and the tree must fit the largest target forward
 
 

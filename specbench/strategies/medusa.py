@@ -25,10 +25,11 @@ from ..drafters.medusa import MedusaHeads, check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer
 from ..errors import SpecbenchError
 from ..model import Transformer
-from ..tree import DraftTree
+from ..tree import DraftTree, ancestor_mask
 
-# default tree sizes, chosen by measurement (README, "Medusa"): CPU forwards cost per token
-DEFAULT_TREE_SIZE = {"cpu": 10, "cuda": 48}
+# default tree sizes, chosen by measurement (README, "Medusa"): CPU forwards cost per token; on
+# CUDA the root and 14 nodes fill the 16-row graph bucket, and 17 rows jump to the 64-row one
+DEFAULT_TREE_SIZE = {"cpu": 10, "cuda": 14}
 
 
 def tree_tokens(drafter: MedusaHeads, model: Transformer, features: torch.Tensor, head: torch.Tensor,
@@ -79,6 +80,9 @@ class Medusa(Proposer):
             else check_tree(tree, heads, model.args.vocab_size)
         self.parents, head, rank = tree_arrays(self.paths)      # parents stay on the CPU (DraftTree)
         self.head, self.rank = head.to(model.device), rank.to(model.device)
+        # the tree's shape never changes: its ancestors go to the device once, so a step builds its
+        # mask and positions there instead of on the host while the device waits
+        self.ancestors = ancestor_mask(self.parents)[1:, 1:].to(model.device)
         self.topk = int(rank.max()) + 1
         self.max_nodes = len(self.paths)
         self.feature_layers = (model.args.num_layers,)
@@ -93,7 +97,7 @@ class Medusa(Proposer):
     def propose(self, ctx: DecodeContext) -> DraftTree:
         if ctx.root_features is None:    # a one-token prompt has no state before the root yet
             return DraftTree.empty(ctx.model.device)
-        return DraftTree(tokens=self.draft(ctx.root_features), parents=self.parents)
+        return DraftTree(tokens=self.draft(ctx.root_features), parents=self.parents, ancestors=self.ancestors)
 
     def begin(self, ctx: DecodeContext) -> None:
         """The step's drafting function: on CUDA a captured graph, kept on the drafter across
