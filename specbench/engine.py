@@ -211,16 +211,17 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
                 accepted, committed, argmax = _commit_greedy(tree, logits, mask, cache)
             else:
                 probs = process_logits(logits[: 1 + tree.size], params)
+                # the tree's tokens and the target's argmax (lookahead's window reads it), read in
+                # the verifier's one transfer: the step's only synchronisation on CUDA
+                along = torch.cat([tree.tokens.to(device), logits.argmax(-1)])
                 if proposer.typical is not None:
-                    result = verify_typical(tree, probs, *proposer.typical, rng)
+                    result = verify_typical(tree, probs, *proposer.typical, rng, along)
                 else:
-                    result = verify_tree(tree, probs, False, rng)
+                    result = verify_tree(tree, probs, False, rng, along)
                 cache.compact([0] + [1 + i for i in result.accepted])
                 accepted = result.accepted
-                # the tree's tokens and the target's argmax (lookahead's window reads it) in one read
-                read = torch.cat([tree.tokens.to(device), logits.argmax(-1)]).tolist()
-                committed = [read[i] for i in accepted] + [result.next_token]
-                argmax = read[tree.size:]
+                committed = [result.read_along[i] for i in accepted] + [result.next_token]
+                argmax = result.read_along[tree.size:]
             if layers:
                 row = 1 + accepted[-1] if accepted else 0
                 ctx.root_features = step_features[row:row + 1]

@@ -6,7 +6,7 @@ losslessness proof (tests/test_verify_exact.py) covers all of them at once.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -24,17 +24,24 @@ class RandomSource(Protocol):
 
     def categorical(self, probs: torch.Tensor) -> int: ...   # probs [V], sums to 1
 
+    # one draw per row of probs [R, V], made ahead on their device, so that the verifier reads the
+    # one it needs with everything else in one transfer; None: draw lazily with `categorical`
+    def presample(self, probs: torch.Tensor) -> torch.Tensor | None: ...
+
 
 class TorchRandom:
     """The production RandomSource: categorical draws from a torch.Generator (None = torch's
     default) on its device; accept tests from a host generator seeded from it, so that they never
-    wait for the device."""
+    wait for the device. On CUDA (`ahead`) the verifier's final draw is made ahead for every row, so
+    a sampled step reads the device once; on a CPU a read costs nothing and drawing every row of a
+    60-node tree would cost more than it saves."""
 
     def __init__(self, generator: torch.Generator | None):
         self.generator = generator
         self.device = generator.device if generator is not None else torch.device("cpu")
         seed = generator.initial_seed() if generator is not None else int(torch.randint(2 ** 62, ()))
         self.host = random.Random(seed)
+        self.ahead = self.device.type == "cuda"
 
     def bernoulli(self, prob: float) -> bool:
         return self.host.random() < prob
@@ -42,14 +49,38 @@ class TorchRandom:
     def categorical(self, probs: torch.Tensor) -> int:
         return int(sample(probs.to(self.device), self.generator).item())
 
+    def presample(self, probs: torch.Tensor) -> torch.Tensor | None:
+        return sample(probs.to(self.device), self.generator) if self.ahead else None
+
 
 @dataclass
 class VerifyResult:
     accepted: list[int]   # draft node indices on the accepted path, root side first
     next_token: int       # the correction (after a rejection) or bonus token, drawn from the target
+    read_along: list[int] = field(default_factory=list)   # the caller's `read_along` tensor, on the host
 
 
-def verify_tree(tree: DraftTree, p: torch.Tensor, greedy: bool, rng: RandomSource) -> VerifyResult:
+def _ancestors(tree: DraftTree, device: torch.device) -> torch.Tensor:
+    """[n, n] ancestor-or-self mask of the tree's nodes on `device` (the tree's own when it has one)."""
+    if tree.ancestors is not None:
+        return tree.ancestors.to(device)
+    return ancestor_mask(tree.parents)[1:, 1:].to(device, non_blocking=True)
+
+
+def _read(*parts: torch.Tensor) -> list[list[float]]:
+    """Tensors of one device, flattened, in ONE device-to-host transfer (float64 holds token ids
+    and probabilities exactly); the lists come back in order."""
+    flat = [t.reshape(-1).to(torch.float64) for t in parts]
+    values = torch.cat(flat).tolist() if flat else []
+    out, start = [], 0
+    for t in flat:
+        out.append(values[start:start + t.numel()])
+        start += t.numel()
+    return out
+
+
+def verify_tree(tree: DraftTree, p: torch.Tensor, greedy: bool, rng: RandomSource,
+                read_along: torch.Tensor | None = None) -> VerifyResult:
     """Accept a path of `tree` and draw the next token so the output is distributed exactly as p.
 
     p [1 + n, V]: p[0] is the processed target distribution after the root, p[i + 1] after node i.
@@ -58,22 +89,33 @@ def verify_tree(tree: DraftTree, p: torch.Tensor, greedy: bool, rng: RandomSourc
     independently of its elder siblings (i.i.d. samples of one q, or fixed picks = one-hot q): a
     try against residual r emits y w.p. min(r, q)(y) and otherwise passes on normalize(max(0, r - q))
     with the remaining mass, so by induction the node emits exactly r. (Sampling siblings without
-    replacement breaks the independence and is not exact.)
+    replacement breaks the independence and is not exact.) A draw made ahead from every row's final
+    residual (`rng.presample`) is independent of the accept tests, so using the stopping row's
+    draw keeps this exact.
+
+    The device is read once: the acceptance probabilities, the tree's parents (EAGLE's dynamic tree
+    keeps them on the device), the draws made ahead, and `read_along` (a long tensor on p's device
+    the caller needs on the host: the engine's tree tokens and argmax), returned in the result.
     """
     n = tree.size
     if p.dim() != 2 or p.shape[0] != 1 + n:
         raise SpecbenchError(f"verify_tree: p must be [1 + {n}, V], got {list(p.shape)}")
+    along = [read_along] if read_along is not None else []
     if greedy:
-        anc = ancestor_mask(tree.parents)[1:, 1:].to(p.device, non_blocking=True)
-        order, count, next_token = verify_greedy(tree, p.argmax(-1), anc)
-        packed = torch.cat([count.view(1), next_token.view(1), order]).tolist()
-        return VerifyResult(packed[2:2 + packed[0]], packed[1])
-    parents: list[int] = tree.parents.tolist()
+        order, count, next_token = verify_greedy(tree, p.argmax(-1), _ancestors(tree, p.device))
+        head, *rest = _read(torch.stack([count, next_token]), order, *along)
+        return VerifyResult(list(map(int, rest[0][:int(head[0])])), int(head[1]),
+                            list(map(int, rest[1])) if along else [])
+    accept, residual = sibling_trials(tree, p)
+    draws = rng.presample(residual)
+    ahead = [draws] if draws is not None else []
+    on_host = tree.parents.device.type == "cpu"
+    accept, *rest = _read(accept, *([] if on_host else [tree.parents]), *ahead, *along)
+    parents = tree.parents.tolist() if on_host else list(map(int, rest.pop(0)))
+    drawn = list(map(int, rest.pop(0))) if ahead else None
     children: list[list[int]] = [[] for _ in range(1 + n)]   # by row: root = 0, node i = i + 1
     for i, parent in enumerate(parents):
         children[parent + 1].append(i)
-    accept, residual = sibling_trials(tree, p, children)
-    accept = accept.tolist()          # one read of the device before the final draw
     accepted: list[int] = []
     row = 0
     while True:
@@ -84,11 +126,11 @@ def verify_tree(tree: DraftTree, p: torch.Tensor, greedy: bool, rng: RandomSourc
                 row = child + 1
                 break
         else:   # no child accepted (or none to try): the correction or bonus token comes from r
-            return VerifyResult(accepted, rng.categorical(residual[row]))
+            token = drawn[row] if drawn is not None else rng.categorical(residual[row])
+            return VerifyResult(accepted, token, list(map(int, rest[0])) if along else [])
 
 
-def sibling_trials(tree: DraftTree, p: torch.Tensor, children: list[list[int]]
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def sibling_trials(tree: DraftTree, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every probability sampled verification needs, computed ahead on p's device.
 
     A node is tried only after its elder siblings were all rejected, so the residual it meets
@@ -103,6 +145,9 @@ def sibling_trials(tree: DraftTree, p: torch.Tensor, children: list[list[int]]
     if tree.q is None:
         return _one_hot_trials(tree, p)
     device = p.device
+    children: list[list[int]] = [[] for _ in range(1 + tree.size)]   # sampled drafts: parents on the host
+    for i, parent in enumerate(tree.parents.tolist()):
+        children[parent + 1].append(i)
     r = p.clone()
     accept = torch.zeros(tree.size, dtype=dtype, device=device)
     tokens = tree.tokens.to(device, non_blocking=True)
@@ -188,22 +233,32 @@ def deepest_ok_path(anc: torch.Tensor, ok: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def verify_typical(tree: DraftTree, p: torch.Tensor, threshold: float, alpha: float,
-                   rng: RandomSource) -> VerifyResult:
+                   rng: RandomSource, read_along: torch.Tensor | None = None) -> VerifyResult:
     """Medusa's typical acceptance (LOSSY): a node is plausible when the target gives its token
     p(x) > min(threshold, alpha * exp(-H(p))) at its parent; the deepest path of plausible nodes
     is accepted (the first one on ties) and the next token is drawn from p after it. It trades
-    exactness for longer acceptances at high temperature; the distribution test rejects it."""
+    exactness for longer acceptances at high temperature; the distribution test rejects it.
+    Reads the device once, as `verify_tree` does."""
     n = tree.size
     if p.dim() != 2 or p.shape[0] != 1 + n:
         raise SpecbenchError(f"verify_typical: p must be [1 + {n}, V], got {list(p.shape)}")
     p = p.detach().float()           # on p's device: only the accepted path is read back
-    entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
-    bound = torch.minimum(torch.full_like(entropy, threshold), alpha * torch.exp(-entropy))
-    rows = tree.parents.to(p.device) + 1
-    plausible = p[rows, tree.tokens.to(p.device)] > bound[rows]
+    along = [read_along] if read_along is not None else []
+    draws = rng.presample(p)
+    ahead = [draws] if draws is not None else []
     accepted: list[int] = []
+    path = []
     if n:
-        order, count = deepest_ok_path(ancestor_mask(tree.parents)[1:, 1:].to(p.device), plausible)
-        packed = torch.cat([count.view(1), order]).tolist()
-        accepted = packed[1:1 + packed[0]]
-    return VerifyResult(accepted, rng.categorical(p[accepted[-1] + 1 if accepted else 0]))
+        entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
+        bound = torch.minimum(torch.full_like(entropy, threshold), alpha * torch.exp(-entropy))
+        rows = tree.parents.to(p.device) + 1
+        plausible = p[rows, tree.tokens.to(p.device)] > bound[rows]
+        order, count = deepest_ok_path(_ancestors(tree, p.device), plausible)
+        path = [torch.cat([count.view(1), order])]
+    read = _read(*path, *ahead, *along)
+    if n:
+        packed = read.pop(0)
+        accepted = list(map(int, packed[1:1 + int(packed[0])]))
+    row = accepted[-1] + 1 if accepted else 0
+    token = int(read.pop(0)[row]) if ahead else rng.categorical(p[row])
+    return VerifyResult(accepted, token, list(map(int, read[0])) if along else [])

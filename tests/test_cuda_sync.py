@@ -1,10 +1,12 @@
-"""On a GPU only (skipped elsewhere): a greedy step synchronises with the host once.
+"""On a GPU only (skipped elsewhere): a greedy or sampled step synchronises with the host once.
 
 The engine verifies greedily and commits the cache on the device, then reads the step's result in
 one transfer (`engine._commit_greedy`). Proposers that keep their work on the device (vanilla,
 prompt lookup, lookahead, self-speculative early exit, Medusa, sps, EAGLE's static and dynamic trees: the dynamic tree's shape
 stays on the device as its ancestor mask) then cost one host synchronisation per step in all; the
-counter is `specbench.timing.counting_syncs` (torch's sync debug mode).
+counter is `specbench.timing.counting_syncs` (torch's sync debug mode). A sampled step with a
+deterministic draft reads once too: `verify_tree` reads the acceptance probabilities, the final
+draws made ahead for every row (`TorchRandom.ahead`) and the engine's tokens in one transfer.
 """
 import pytest
 import torch
@@ -56,6 +58,15 @@ def test_one_sync_per_greedy_step(target, method):
     name = method.split("_")[0] if method.startswith("eagle") else method    # eagle_static: method eagle
     syncs, steps = step_syncs(target, name, **options_for(target, method))
     assert syncs == steps, f"{method}: {syncs} host synchronisations in {steps} steps"
+
+
+@pytest.mark.parametrize("method", ["vanilla", "pld", "lookahead", "medusa", "eagle_static", "eagle_dynamic"])
+def test_one_sync_per_sampled_step(target, method):
+    """Temperature 1 with deterministic drafts: the verifier reads the acceptance probabilities,
+    the draws made ahead and the engine's tokens and argmax in one transfer."""
+    name = method.split("_")[0] if method.startswith("eagle") else method
+    syncs, steps = step_syncs(target, name, temperature=1.0, **options_for(target, method))
+    assert syncs == steps, f"{method}: {syncs} host synchronisations in {steps} sampled steps"
 
 
 def test_an_extra_read_is_counted(target, monkeypatch):

@@ -130,13 +130,13 @@ def test_vanilla_matches_enumeration(target, prompt):
     assert pvalue > ALPHA
 
 
-def always_accept(tree, p, greedy, rng):
+def always_accept(tree, p, greedy, rng, read_along):
     """A broken verifier: accepts the whole first chain, then samples the bonus from the target."""
     path, row = [], 0
     while True:
         kids = [i for i, par in enumerate(tree.parents.tolist()) if par == row - 1]
         if not kids:
-            return VerifyResult(path, rng.categorical(p[row]))
+            return VerifyResult(path, rng.categorical(p[row]), read_along.tolist())
         path.append(kids[0])
         row = kids[0] + 1
 
@@ -147,7 +147,7 @@ def test_negative_control_broken_verifier_fails(target, prompt, draft, monkeypat
     assert pvalue < ALPHA
 
 
-def without_residual(tree, p, greedy, rng):
+def without_residual(tree, p, greedy, rng, read_along):
     """A broken verifier: tries every child against the target distribution itself, never against
     the residual its rejected elder siblings leave (deterministic drafts: accept x w.p. p(x))."""
     tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
@@ -159,7 +159,7 @@ def without_residual(tree, p, greedy, rng):
                 row = child + 1
                 break
         else:
-            return VerifyResult(path, rng.categorical(p[row]))
+            return VerifyResult(path, rng.categorical(p[row]), read_along.tolist())
 
 
 @pytest.mark.parametrize("method", ["eagle_dynamic", "eagle3_dynamic"])

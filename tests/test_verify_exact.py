@@ -63,6 +63,9 @@ class Enumerator:
         assert abs(float(probs.sum()) - 1.0) <= self.sum_tol, probs
         return int(self._decide([(i, w) for i, w in enumerate(probs.tolist()) if w > 0]))
 
+    def presample(self, probs: torch.Tensor) -> None:
+        return None   # every draw is enumerated where the verifier needs it
+
 
 def enumerate_outcomes(program: Callable[[Enumerator], tuple[int, ...]],
                        sum_tol: float = 1e-12) -> dict[tuple[int, ...], float]:
@@ -84,6 +87,9 @@ class NoRandom:
         raise AssertionError("greedy verification used randomness")
 
     def categorical(self, probs: torch.Tensor) -> int:
+        raise AssertionError("greedy verification used randomness")
+
+    def presample(self, probs: torch.Tensor) -> torch.Tensor:
         raise AssertionError("greedy verification used randomness")
 
 
@@ -346,8 +352,10 @@ def resample_from_p(monkeypatch):
 def forget_earlier_siblings(monkeypatch):
     """Each child tried against its row's target, not against the residual its rejected elder
     siblings left (the correction then comes from the last child's residual alone)."""
-    def trials(tree, p, children):
+    def trials(tree, p):
         n, tokens = tree.size, tree.tokens
+        children = [[i for i, parent in enumerate(tree.parents.tolist()) if parent == row - 1]
+                    for row in range(1 + n)]
         q = tree.q if tree.q is not None else torch.nn.functional.one_hot(tokens, p.shape[1]).to(p.dtype)
         accept = verify_mod._accept_prob(p[tree.parents + 1, tokens], q[torch.arange(n), tokens])
         residual = p.clone()
@@ -380,3 +388,35 @@ def test_check_catches_a_tree_verifier_that_forgets_earlier_siblings(monkeypatch
     lang, parents = tree_example()
     assert exact_error(lang, parents, None) > 1e-3       # ...but i.i.d. siblings expose it
     assert exact_error(lang, parents, [0, 1, 2, 0]) > 1e-3   # and so do deterministic ones
+
+
+# ---- draws made ahead (CUDA's one read per step) --------------------------------------------------
+
+class ShiftedDraws(TorchRandom):
+    """A broken RandomSource: each row's draw made ahead comes from the next row's distribution."""
+
+    def presample(self, probs: torch.Tensor) -> torch.Tensor:
+        return super().presample(probs.roll(-1, 0))
+
+
+@pytest.mark.parametrize("fixed_tokens", [None, [0, 1, 2, 0]], ids=["sampled_q", "one_hot_q"])
+def test_draws_made_ahead_keep_the_exact_distribution(fixed_tokens):
+    """On CUDA the correction / bonus token is drawn ahead for every row (`TorchRandom.ahead`) so a
+    sampled step reads the device once; the stopping row's draw is independent of the accept tests,
+    so one step's emitted tokens keep the enumerated distribution. 4,000 steps at a fixed seed,
+    chi-square at ALPHA = 1e-3 (the false-alarm rate); negative control: draws made ahead from the
+    wrong rows fail the same check."""
+    from collections import Counter
+
+    from lossless import ALPHA, fit_pvalue
+
+    lang, parents = tree_example()
+    exact = enumerate_outcomes(lambda rng: speculative_step(lang, parents, fixed_tokens, rng))
+
+    def pvalue(rng: TorchRandom) -> float:
+        rng.ahead = True
+        counts = Counter(speculative_step(lang, parents, fixed_tokens, rng) for _ in range(4000))
+        return fit_pvalue(counts, exact)
+
+    assert pvalue(TorchRandom(torch.Generator().manual_seed(3))) > ALPHA
+    assert pvalue(ShiftedDraws(torch.Generator().manual_seed(3))) < ALPHA
