@@ -67,16 +67,31 @@ def _ancestors(tree: DraftTree, device: torch.device) -> torch.Tensor:
     return ancestor_mask(tree.parents)[1:, 1:].to(device, non_blocking=True)
 
 
-def _read(*parts: torch.Tensor) -> list[list[float]]:
+def _read(*parts: torch.Tensor | None) -> list[list[float] | None]:
     """Tensors of one device, flattened, in ONE device-to-host transfer (float64 holds token ids
-    and probabilities exactly); the lists come back in order."""
-    flat = [t.reshape(-1).to(torch.float64) for t in parts]
+    and probabilities exactly); the lists come back in order, None for a None part."""
+    flat = [t.reshape(-1).to(torch.float64) for t in parts if t is not None]
     values = torch.cat(flat).tolist() if flat else []
     out, start = [], 0
-    for t in flat:
+    for t in parts:
+        if t is None:
+            out.append(None)
+            continue
         out.append(values[start:start + t.numel()])
         start += t.numel()
     return out
+
+
+def _ints(values: list[float] | None) -> list[int]:
+    return [int(v) for v in values] if values is not None else []
+
+
+def _children(parents: list[int] | list[float]) -> list[list[int]]:
+    """Each row's children in sibling order: row 0 is the root, row i + 1 is node i."""
+    children: list[list[int]] = [[] for _ in range(1 + len(parents))]
+    for i, parent in enumerate(parents):
+        children[int(parent) + 1].append(i)
+    return children
 
 
 def verify_tree(tree: DraftTree, p: torch.Tensor, greedy: bool, rng: RandomSource,
@@ -100,22 +115,15 @@ def verify_tree(tree: DraftTree, p: torch.Tensor, greedy: bool, rng: RandomSourc
     n = tree.size
     if p.dim() != 2 or p.shape[0] != 1 + n:
         raise SpecbenchError(f"verify_tree: p must be [1 + {n}, V], got {list(p.shape)}")
-    along = [read_along] if read_along is not None else []
     if greedy:
         order, count, next_token = verify_greedy(tree, p.argmax(-1), _ancestors(tree, p.device))
-        head, *rest = _read(torch.stack([count, next_token]), order, *along)
-        return VerifyResult(list(map(int, rest[0][:int(head[0])])), int(head[1]),
-                            list(map(int, rest[1])) if along else [])
+        head, order, along = _read(torch.stack([count, next_token]), order, read_along)
+        return VerifyResult(_ints(order[:int(head[0])]), int(head[1]), _ints(along))
     accept, residual = sibling_trials(tree, p)
-    draws = rng.presample(residual)
-    ahead = [draws] if draws is not None else []
     on_host = tree.parents.device.type == "cpu"
-    accept, *rest = _read(accept, *([] if on_host else [tree.parents]), *ahead, *along)
-    parents = tree.parents.tolist() if on_host else list(map(int, rest.pop(0)))
-    drawn = list(map(int, rest.pop(0))) if ahead else None
-    children: list[list[int]] = [[] for _ in range(1 + n)]   # by row: root = 0, node i = i + 1
-    for i, parent in enumerate(parents):
-        children[parent + 1].append(i)
+    accept, parents, drawn, along = _read(accept, None if on_host else tree.parents,
+                                          rng.presample(residual), read_along)
+    children = _children(tree.parents.tolist() if on_host else parents)
     accepted: list[int] = []
     row = 0
     while True:
@@ -126,8 +134,8 @@ def verify_tree(tree: DraftTree, p: torch.Tensor, greedy: bool, rng: RandomSourc
                 row = child + 1
                 break
         else:   # no child accepted (or none to try): the correction or bonus token comes from r
-            token = drawn[row] if drawn is not None else rng.categorical(residual[row])
-            return VerifyResult(accepted, token, list(map(int, rest[0])) if along else [])
+            token = int(drawn[row]) if drawn is not None else rng.categorical(residual[row])
+            return VerifyResult(accepted, token, _ints(along))
 
 
 def sibling_trials(tree: DraftTree, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,9 +153,7 @@ def sibling_trials(tree: DraftTree, p: torch.Tensor) -> tuple[torch.Tensor, torc
     if tree.q is None:
         return _one_hot_trials(tree, p)
     device = p.device
-    children: list[list[int]] = [[] for _ in range(1 + tree.size)]   # sampled drafts: parents on the host
-    for i, parent in enumerate(tree.parents.tolist()):
-        children[parent + 1].append(i)
+    children = _children(tree.parents.tolist())   # sampled drafts keep their parents on the host
     r = p.clone()
     accept = torch.zeros(tree.size, dtype=dtype, device=device)
     tokens = tree.tokens.to(device, non_blocking=True)
@@ -243,22 +249,16 @@ def verify_typical(tree: DraftTree, p: torch.Tensor, threshold: float, alpha: fl
     if p.dim() != 2 or p.shape[0] != 1 + n:
         raise SpecbenchError(f"verify_typical: p must be [1 + {n}, V], got {list(p.shape)}")
     p = p.detach().float()           # on p's device: only the accepted path is read back
-    along = [read_along] if read_along is not None else []
-    draws = rng.presample(p)
-    ahead = [draws] if draws is not None else []
-    accepted: list[int] = []
-    path = []
+    path = torch.zeros(1, dtype=torch.long, device=p.device)   # [count, order...]: empty without nodes
     if n:
         entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
         bound = torch.minimum(torch.full_like(entropy, threshold), alpha * torch.exp(-entropy))
         rows = tree.parents.to(p.device) + 1
         plausible = p[rows, tree.tokens.to(p.device)] > bound[rows]
         order, count = deepest_ok_path(_ancestors(tree, p.device), plausible)
-        path = [torch.cat([count.view(1), order])]
-    read = _read(*path, *ahead, *along)
-    if n:
-        packed = read.pop(0)
-        accepted = list(map(int, packed[1:1 + int(packed[0])]))
+        path = torch.cat([count.view(1), order])
+    path, drawn, along = _read(path, rng.presample(p), read_along)
+    accepted = _ints(path[1:1 + int(path[0])])
     row = accepted[-1] + 1 if accepted else 0
-    token = int(read.pop(0)[row]) if ahead else rng.categorical(p[row])
-    return VerifyResult(accepted, token, list(map(int, read[0])) if along else [])
+    token = int(drawn[row]) if drawn is not None else rng.categorical(p[row])
+    return VerifyResult(accepted, token, _ints(along))

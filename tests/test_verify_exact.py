@@ -354,8 +354,7 @@ def forget_earlier_siblings(monkeypatch):
     siblings left (the correction then comes from the last child's residual alone)."""
     def trials(tree, p):
         n, tokens = tree.size, tree.tokens
-        children = [[i for i, parent in enumerate(tree.parents.tolist()) if parent == row - 1]
-                    for row in range(1 + n)]
+        children = verify_mod._children(tree.parents.tolist())
         q = tree.q if tree.q is not None else torch.nn.functional.one_hot(tokens, p.shape[1]).to(p.dtype)
         accept = verify_mod._accept_prob(p[tree.parents + 1, tokens], q[torch.arange(n), tokens])
         residual = p.clone()
