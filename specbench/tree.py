@@ -68,7 +68,8 @@ def depths(parents: torch.Tensor) -> torch.Tensor:
 def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
     """[1 + n, 1 + n] bool over (root, nodes): True where column is an ancestor-or-self of row.
     Each node's chain is its parent's plus itself, set with one indexed write: row-by-row tensor
-    copies cost 0.24 ms for a 48-node tree, on the host while the device waits, every step."""
+    copies cost 3.4x more for a 48-node tree, on the host while the device waits, every step
+    (docs/results/gpu_defaults_h200/NOTE.md)."""
     chains: list[list[int]] = []
     rows: list[int] = [0]
     cols: list[int] = [0]
