@@ -76,25 +76,50 @@ class GraphedForward:
         self.start_layer, self.stop_layer, self.feature_layers = start_layer, stop_layer, feature_layers
         device, size = model.device, cache.max_len
         self.tokens = torch.zeros(n, dtype=torch.long, device=device)
-        self.positions = torch.zeros(n, dtype=torch.long, device=device)
+        # positions are start + offsets, computed inside the graph: a tree's offsets are its depths,
+        # which a step writes without adding the committed length on the host first
+        self.offsets = torch.zeros(n, dtype=torch.long, device=device)
         # warm-up and capture write to the last slots, never used by a generation in progress
         self.start = torch.full((1,), size - n, dtype=torch.long, device=device)
         self.causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        self.pad_eye = torch.eye(n, dtype=torch.bool, device=device)   # pads see themselves only
         self.mask = self.causal.clone()
+        # what `mask` holds beyond the rows a call writes: "causal", ("rows", k) (a k x k mask, then
+        # pads) or ("tree", k) (root column and pads set, the nodes' ancestors written per call);
+        # a call that finds its own layout there copies only what changes
+        self.layout: object = "causal"
         self.hidden = torch.zeros(n, model.args.hidden_size, dtype=model.dtype, device=device)
         # every bucket compiles for its own static token count: with dynamo's automatic dynamic
         # shapes the second bucket would compile a symbolic count that all later buckets share,
         # and kernels for a symbolic size were measured slower (a 4-token forward cost 1.8x the
         # one-token step on the default model)
         self.graph, self.out = capture(self._forward, self, compile, pool)
+        self.after = self.after_out = None   # a graph of work after each replay, see `capture_after`
 
     def _forward(self) -> tuple[torch.Tensor, ...]:
-        out = self.model(self.tokens, self.positions, self.cache, self.mask, start=self.start,
+        out = self.model(self.tokens, self.start + self.offsets, self.cache, self.mask, start=self.start,
                          start_layer=self.start_layer,
                          hidden=self.hidden if self.start_layer else None, stop_layer=self.stop_layer,
                          output_layers=self.feature_layers)
         head = out.hidden if self.stop_layer is not None else out.logits
         return (head, *(out.layer_hidden[i] for i in self.feature_layers))
+
+    def capture_after(self, fn: Callable[["GraphedForward"], torch.Tensor]) -> None:
+        """Capture fn(self) once: device work on this graph's buffers and outputs that follows a
+        replay and returns one tensor (the engine's greedy commit: about 25 small kernels, each
+        of which costs host time when launched eagerly, while the device waits). Plain PyTorch,
+        not compiled, in its own memory pool; replay it with `after.replay()`, read `after_out`."""
+        if self.after is None:
+            self.after, self.after_out = capture(lambda: fn(self), self, False)
+
+    def replay(self, n: int) -> ForwardOut:
+        """Replay with the inputs already written; copies of the first n rows of the outputs."""
+        self.graph.replay()
+        head, *layer_outs = (o[:n].clone() for o in self.out)
+        layer_hidden = dict(zip(self.feature_layers, layer_outs))
+        if self.stop_layer is not None:
+            return ForwardOut(None, head, layer_hidden)
+        return ForwardOut(head, layer_hidden.get(self.model.args.num_layers), layer_hidden)
 
 
 class GraphedModel:
@@ -105,6 +130,7 @@ class GraphedModel:
         self.model = model
         self.cache = model.new_cache(max_len)
         self.graphs: dict[tuple, GraphedForward] = {}
+        self.last_tree: GraphedForward | None = None   # the graph of the last tree_forward
         self.pool = torch.cuda.graph_pool_handle()
         self.compile = compiling()
         # every captured shape compiles `GraphedForward._forward` anew; a benchmark of several
@@ -130,27 +156,49 @@ class GraphedModel:
         """DecodeContext.forward's contract, replayed: new tokens at slots from length + offset,
         seeing every slot before them; returns copies of the outputs."""
         n, length = tokens.shape[0], self.cache.length + offset
-        b = bucket(n)
         g = self.prepare(n, start_layer, stop_layer, feature_layers)
         g.tokens[:n].copy_(tokens, non_blocking=True)
-        g.positions[:n].copy_(positions, non_blocking=True)
-        g.positions[n:] = 0
+        torch.sub(positions, length, out=g.offsets[:n])
         g.start.fill_(length)                               # pads write past the real tokens
         if mask is None:
-            g.mask.copy_(g.causal)
+            if g.layout != "causal":
+                g.mask.copy_(g.causal)
+                g.layout = "causal"
         else:
-            g.mask.fill_(False)
+            if g.layout != ("rows", n):
+                g.mask.copy_(g.pad_eye)
+                g.layout = ("rows", n)
             g.mask[:n, :n] = mask
-            g.mask[n:, n:] = torch.eye(b - n, dtype=torch.bool, device=g.mask.device)  # pads see themselves
         if start_layer:
             g.hidden[:n].copy_(hidden)
-        g.graph.replay()
-        head, *layer_outs = (o[:n].clone() for o in g.out)
-        layer_hidden = dict(zip(feature_layers, layer_outs))
-        if stop_layer is not None:
-            return ForwardOut(None, head, layer_hidden)
-        return ForwardOut(head, layer_hidden.get(self.model.args.num_layers), layer_hidden)
+        return g.replay(n)
 
+    @torch.inference_mode()
+    def tree_forward(self, root: int, tokens: torch.Tensor, ancestors: torch.Tensor | None,
+                     start_layer: int = 0, hidden: torch.Tensor | None = None,
+                     feature_layers: tuple[int, ...] = ()) -> ForwardOut:
+        """A step's forward over (root, nodes) at the committed length, written straight into the
+        captured inputs: ancestors [n, n] (the nodes' ancestor-or-self mask, on the device; None
+        for the root alone) give the mask and, summed, the depths. A step's inputs cost five
+        small copies here against about twenty through `forward`, each of them host time while
+        the device, idle since the step's synchronisation, waits for the replay."""
+        n = 1 + tokens.shape[0]
+        g = self.prepare(n, start_layer, None, feature_layers)
+        g.tokens[:1].fill_(root)
+        g.start.fill_(self.cache.length)
+        if g.layout != ("tree", n):
+            g.mask.copy_(g.pad_eye)
+            g.mask[:n, 0] = True
+            g.offsets.zero_()
+            g.layout = ("tree", n)
+        if n > 1:
+            g.tokens[1:n].copy_(tokens, non_blocking=True)
+            g.mask[1:n, 1:n] = ancestors
+            torch.sum(ancestors, -1, out=g.offsets[1:n])
+        if start_layer:
+            g.hidden[:n].copy_(hidden)
+        self.last_tree = g
+        return g.replay(n)
 
 def graphed_model(model: Transformer, max_len: int) -> GraphedModel:
     """The model's graphs for a cache of at least max_len slots: the smallest set already captured

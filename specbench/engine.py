@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cuda_graph import BUCKETS, GraphedModel, graphed_model, step_buckets
+from .cuda_graph import BUCKETS, GraphedForward, GraphedModel, graphed_model, step_buckets
 from .model import ForwardOut, KVCache, Transformer, send
 from .sampling import SamplingParams, process_logits
 from .timing import PhaseTimer
@@ -135,20 +135,66 @@ def step_inputs(root: int, tree: DraftTree, length: int, device):
         mask.to(device, non_blocking=True)
 
 
+def captured_step(ctx: DecodeContext, tree: DraftTree) -> bool:
+    """Whether the step runs as captured graphs end to end: on CUDA, a tree without aux nodes
+    (lookahead's) that fits the largest bucket; its inputs go straight into the forward's buffers
+    (`GraphedModel.tree_forward`) and a greedy commit is a graph too (`_commit_in_graph`)."""
+    return ctx.graphed is not None and tree.aux_tokens is None and 1 + tree.size <= BUCKETS[-1]
+
+
+def step_forward(ctx: DecodeContext, tree: DraftTree, layers: tuple[int, ...], captured: bool
+                 ) -> tuple[ForwardOut, torch.Tensor | None]:
+    """A step's one target forward over (root, nodes, aux), and the nodes' [n, n] ancestor-or-self
+    mask on the device (None without nodes), which greedy verification reads."""
+    n, device = tree.size, ctx.model.device
+    if captured:
+        anc = None
+        if n:
+            anc = tree.ancestors.to(device) if tree.ancestors is not None else \
+                ancestor_mask(tree.parents)[1:, 1:].to(device, non_blocking=True)
+        return ctx.graphed.tree_forward(ctx.root, tree.tokens, anc, tree.resume_layer, tree.resume_hidden,
+                                        layers), anc
+    tokens, positions, mask = step_inputs(ctx.root, tree, ctx.cache.length, device)
+    out = ctx.forward(tokens, positions, mask, start_layer=tree.resume_layer, hidden=tree.resume_hidden,
+                      feature_layers=layers)
+    return out, mask[1:1 + n, 1:1 + n] if mask is not None else None
+
+
+def prefill(ctx: DecodeContext, prefix: list[int], layers: tuple[int, ...]) -> torch.Tensor | None:
+    """Write the K/V of `prefix` (the prompt but its root) into the target cache; returns the
+    outputs of `layers` at every row. On CUDA it runs through the captured forwards, in chunks of
+    the largest bucket: an eager forward of the default model launches about a thousand kernels,
+    and took 31.7 ms per answer on an H200 (vanilla's prefill in docs/results/gpu_defaults_h200/),
+    13% of its time."""
+    model, cache = ctx.model, ctx.cache
+    tokens = torch.tensor(prefix, device=model.device)
+    if ctx.graphed is None:
+        out = model(tokens, torch.arange(len(prefix), device=model.device), cache,
+                    stop_layer=model.args.num_layers, output_layers=layers)
+        cache.length = len(prefix)
+        return features(out, layers)
+    parts = []
+    for chunk in tokens.split(BUCKETS[-1]):
+        positions = torch.arange(cache.length, cache.length + len(chunk), device=model.device)
+        parts.append(features(ctx.forward(chunk, positions, None, feature_layers=layers), layers))
+        cache.length += len(chunk)
+    return torch.cat(parts) if layers else None
+
+
 def features(out: ForwardOut, layers: tuple[int, ...]) -> torch.Tensor | None:
     """The outputs of `layers` side by side, [n, len(layers) * D] (None when no layer is asked)."""
     return torch.cat([out.layer_hidden[i] for i in layers], dim=-1) if layers else None
 
 
-def _commit_greedy(tree: DraftTree, logits: torch.Tensor, mask: torch.Tensor | None, cache: KVCache
+def _commit_greedy(tree: DraftTree, logits: torch.Tensor, anc: torch.Tensor | None, cache: KVCache
                    ) -> tuple[list[int], list[int], list[int]]:
     """Greedy verification and the cache commit on the logits' device, then ONE host read: the
-    step's only synchronisation on CUDA. Returns the accepted node indices, the committed tokens
-    (the last one is the new root) and the argmax of every forward row."""
+    step's only synchronisation on CUDA. anc: the nodes' ancestor-or-self mask. Returns the
+    accepted node indices, the committed tokens (the last one is the new root) and the argmax of
+    every forward row."""
     n = tree.size
     argmax = logits.argmax(-1)   # = process_logits' greedy one-hot, without building it
-    anc = mask[1:1 + n, 1:1 + n] if mask is not None else None
-    order, count, next_token = verify_greedy(tree, argmax[: 1 + n], anc)
+    order, count, next_token = verify_greedy(tree.tokens, argmax[: 1 + n], anc)
     start = cache.length
     if n:   # move every new row, path first; the length below keeps only root + path
         cache.compact(torch.cat([order.new_zeros(1), 1 + order]))
@@ -157,6 +203,31 @@ def _commit_greedy(tree: DraftTree, logits: torch.Tensor, mask: torch.Tensor | N
     k = packed[0]
     cache.length = start + 1 + k
     return packed[2:2 + k], packed[2 + n:2 + n + k] + [packed[1]], packed[2 + 2 * n:]
+
+
+def _commit_in_graph(g: GraphedForward) -> torch.Tensor:
+    """`_commit_greedy`'s device work on a captured tree forward's buffers (root, nodes, then pads
+    that do not see the root), for `GraphedForward.capture_after`: the accepted path moved into the
+    cache, and [count, next token, order (b - 1), the nodes' tokens in that order, argmax (b)]
+    packed for one read, b being the graph's rows."""
+    argmax = g.out[0].argmax(-1)
+    nodes = g.tokens[1:]
+    order, count, next_token = verify_greedy(nodes, argmax, g.mask[1:, 1:], g.mask[1:, 0])
+    if g.n > 1:
+        g.cache.compact(torch.cat([order.new_zeros(1), 1 + order]), start=g.start)
+    return torch.cat([count.view(1), next_token.view(1), order, nodes.index_select(0, order), argmax])
+
+
+def _commit_greedy_captured(graphed: GraphedModel, nodes: int) -> tuple[list[int], list[int], list[int]]:
+    """`_commit_greedy` after a `tree_forward` over the root and `nodes` nodes, as one graph replay
+    and the step's one host read."""
+    g = graphed.last_tree
+    g.capture_after(_commit_in_graph)
+    g.after.replay()
+    packed = g.after_out.tolist()
+    k, m = packed[0], g.n - 1
+    graphed.cache.length += 1 + k
+    return packed[2:2 + k], packed[2 + m:2 + m + k] + [packed[1]], packed[2 + 2 * m:3 + 2 * m + nodes]
 
 
 @torch.inference_mode()
@@ -172,19 +243,20 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
 
     max_len = len(prompt_ids) + max_new_tokens + proposer.max_nodes + 1
     graphed = graphed_model(model, max_len) if device.type == "cuda" else None
-    if graphed is not None:   # capture every step shape now, not when a step first needs it
+    layers = proposer.feature_layers
+    if graphed is not None:   # capture every step and prefill shape now, not when one first needs it
         for b in step_buckets(proposer.max_nodes):
-            graphed.prepare(b, start_layer=proposer.verify_start_layer, feature_layers=proposer.feature_layers)
+            g = graphed.prepare(b, start_layer=proposer.verify_start_layer, feature_layers=layers)
+            if params.greedy:
+                g.capture_after(_commit_in_graph)
+        chunk = min(len(prompt_ids) - 1, BUCKETS[-1])     # prefill's longest chunk (see `prefill`)
+        for b in step_buckets(chunk - 1) if chunk else ():
+            graphed.prepare(b, feature_layers=layers)
     cache = graphed.cache if graphed is not None else model.new_cache(max_len)
     ctx = DecodeContext(model, cache, list(prompt_ids), len(prompt_ids), params, generator,
                         max_new_tokens, graphed)
-    layers = proposer.feature_layers
     if len(prompt_ids) > 1:   # prefill all but the root
-        prefix = torch.tensor(prompt_ids[:-1], device=device)
-        out = model(prefix, torch.arange(len(prefix), device=device), cache, stop_layer=model.args.num_layers,
-                    output_layers=layers)
-        cache.length = len(prefix)
-        ctx.prefill_features = features(out, layers)
+        ctx.prefill_features = prefill(ctx, prompt_ids[:-1], layers)
         ctx.root_features = ctx.prefill_features[-1:] if layers else None
     proposer.begin(ctx)
     timer.lap("prefill")
@@ -201,14 +273,15 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
             cache.length += 1
             accepted, committed, logits, step_features, argmax = [], [tree.decided], None, None, []
         else:
-            tokens, positions, mask = step_inputs(ctx.root, tree, cache.length, device)
-            out = ctx.forward(tokens, positions, mask, start_layer=tree.resume_layer,
-                              hidden=tree.resume_hidden, feature_layers=layers)
+            captured = captured_step(ctx, tree)
+            out, anc = step_forward(ctx, tree, layers, captured)
             timer.lap("forward")
             logits = out.logits
             step_features = features(out, layers)
-            if params.greedy:
-                accepted, committed, argmax = _commit_greedy(tree, logits, mask, cache)
+            if params.greedy and captured:
+                accepted, committed, argmax = _commit_greedy_captured(graphed, tree.size)
+            elif params.greedy:
+                accepted, committed, argmax = _commit_greedy(tree, logits, anc, cache)
             else:
                 probs = process_logits(logits[: 1 + tree.size], params)
                 # the tree's tokens and the target's argmax (lookahead's window reads it), read in

@@ -116,7 +116,7 @@ def verify_tree(tree: DraftTree, p: torch.Tensor, greedy: bool, rng: RandomSourc
     if p.dim() != 2 or p.shape[0] != 1 + n:
         raise SpecbenchError(f"verify_tree: p must be [1 + {n}, V], got {list(p.shape)}")
     if greedy:
-        order, count, next_token = verify_greedy(tree, p.argmax(-1), _ancestors(tree, p.device))
+        order, count, next_token = verify_greedy(tree.tokens, p.argmax(-1), _ancestors(tree, p.device))
         head, order, along = _read(torch.stack([count, next_token]), order, read_along)
         return VerifyResult(_ints(order[:int(head[0])]), int(head[1]), _ints(along))
     accept, residual = sibling_trials(tree, p)
@@ -206,16 +206,26 @@ def _residual(r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(mass > 0, res / mass.clamp_min(1e-300), r)
 
 
-def verify_greedy(tree: DraftTree, argmax: torch.Tensor, anc: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def verify_greedy(tokens: torch.Tensor, argmax: torch.Tensor, anc: torch.Tensor | None,
+                  real: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy verification on argmax's device, reading nothing back to the host (so a CUDA step
-    keeps one synchronisation, the engine's). argmax [1 + n]: the target's choice after the root
-    and after each node; anc [n, n]: the nodes' ancestor-or-self mask. Returns (order, count,
-    next_token) as `deepest_ok_path`, next_token [] being the argmax after the path's last node."""
-    if tree.size == 0:
+    keeps one synchronisation, the engine's, and a captured graph can hold it). tokens [n]: the
+    nodes'; argmax [1 + n]: the target's choice after the root and after each node; anc [n, n]:
+    the nodes' ancestor-or-self mask; real [n]: which rows are nodes (a captured step pads its tree
+    to the graph's size; None: all). A node is right when its token is the argmax at its parent,
+    the ancestor one level up, found from anc so that the tree's parents need not be on the
+    device. Returns (order, count, next_token) as `deepest_ok_path`, next_token [] being the
+    argmax after the path's last node."""
+    n = tokens.shape[0]
+    if n == 0:
         return argmax.new_zeros(0), argmax.new_zeros(()), argmax[0]
-    parents = tree.parents.to(argmax.device, non_blocking=True)
-    ok = tree.tokens.to(argmax.device, non_blocking=True) == argmax.index_select(0, parents + 1)
+    depth = anc.sum(-1)
+    parent = anc & (depth[None, :] == depth[:, None] - 1)        # one column per row below depth 1
+    rows = torch.arange(1, n + 1, device=anc.device)
+    parent_row = (parent * rows).sum(-1)                          # 0 (the root) at depth 1
+    ok = tokens.to(argmax.device, non_blocking=True) == argmax.index_select(0, parent_row)
+    if real is not None:
+        ok &= real
     order, count = deepest_ok_path(anc, ok)
     last = order.index_select(0, (count - 1).clamp_min(0).view(1)) + 1
     row = torch.where(count > 0, last, torch.zeros_like(last))

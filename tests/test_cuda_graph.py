@@ -43,13 +43,13 @@ def test_early_exit_verifies_from_the_layer_it_declares(monkeypatch):
     step; early exit's trees resume at its exit layer, so that is what it must declare."""
     model = specbench.random_model(vocab_size=64, num_layers=4, seed=0)
     resumed = []
-    step_inputs = engine.step_inputs
+    step_forward = engine.step_forward
 
-    def recording(root, draft, length, device):
+    def recording(ctx, draft, *args):
         resumed.append(draft.resume_layer)
-        return step_inputs(root, draft, length, device)
+        return step_forward(ctx, draft, *args)
 
-    monkeypatch.setattr(engine, "step_inputs", recording)
+    monkeypatch.setattr(engine, "step_forward", recording)
     specbench.generate(model, [1, 2, 3, 4], method="early_exit", exit_layer=2, max_new_tokens=12, chat=False)
     assert resumed and set(resumed) == {EarlyExit(model, exit_layer=2).verify_start_layer} == {2}
 
@@ -77,7 +77,45 @@ def test_graphed_forward_matches_eager(monkeypatch, compiled):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
             for a, b in ((graphed.cache.k, eager.k), (graphed.cache.v, eager.v)):
                 torch.testing.assert_close(a[:, :, :20 + n], b[:, :, :20 + n], rtol=1e-4, atol=1e-4)
+        # a tree step's inputs go straight into the captured buffers (tree_forward); the same
+        # graphs then serve the generic path again, whose mask layout must come back
+        nodes = ancestor_mask(torch.tensor([-1, 0, 0, 1, -1, 4]))[1:, 1:].cuda()
+        for root, parents in ((5, nodes), (7, None), (9, nodes)):
+            tokens = torch.randint(64, (0 if parents is None else 6,), device="cuda", generator=gen)
+            rows = torch.cat([torch.tensor([root], device="cuda"), tokens])
+            mask = None if parents is None else ancestor_mask(torch.tensor([-1, 0, 0, 1, -1, 4])).cuda()
+            depth = torch.zeros(1, dtype=torch.long) if parents is None else torch.tensor([0, 1, 2, 2, 3, 1, 2])
+            positions = 20 + depth.cuda()
+            got = graphed.tree_forward(root, tokens, parents).logits
+            want = model(rows, positions, eager, mask).logits
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            for a, b in ((graphed.cache.k, eager.k), (graphed.cache.v, eager.v)):
+                torch.testing.assert_close(a[:, :, :20 + len(rows)], b[:, :, :20 + len(rows)], rtol=1e-4, atol=1e-4)
+            tokens = torch.randint(64, (9,), device="cuda", generator=gen)    # the tree's bucket
+            positions = torch.arange(20, 29, device="cuda")
+            got = graphed.forward(tokens, positions, None).logits
+            torch.testing.assert_close(got, model(tokens, positions, eager).logits, rtol=1e-4, atol=1e-4)
 
+
+@needs_cuda
+def test_captured_prefill_matches_eager(monkeypatch):
+    """On CUDA the prompt is prefilled through the captured forwards in chunks of the largest
+    bucket: a 300-token prompt (two chunks) leaves the eager prefill's K/V and features."""
+    model = specbench.random_model(vocab_size=64, num_layers=3, hidden_size=64, num_heads=4,
+                                   num_kv_heads=2, seed=1).to("cuda")
+    prompt = torch.randint(64, (301,), generator=torch.Generator().manual_seed(0)).tolist()
+    layers = (1, 3)
+    graphed = graphed_model(model, 400)
+    with torch.inference_mode():
+        ctx = engine.DecodeContext(model, graphed.cache, prompt, 301, specbench.SamplingParams(), None, 0, graphed)
+        got = engine.prefill(ctx, prompt[:-1], layers)
+        plain = engine.DecodeContext(model, model.new_cache(graphed.cache.max_len), prompt, 301,
+                                     specbench.SamplingParams(), None, 0)
+        want = engine.prefill(plain, prompt[:-1], layers)
+    assert graphed.cache.length == plain.cache.length == 300
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for a, b in ((graphed.cache.k, plain.cache.k), (graphed.cache.v, plain.cache.v)):
+        torch.testing.assert_close(a[:, :, :300], b[:, :, :300], rtol=1e-4, atol=1e-4)
 
 
 def _draft_run(compiled: str, monkeypatch, method: str) -> tuple[list[int], list[int], list[list[int]]]:
@@ -93,14 +131,14 @@ def _draft_run(compiled: str, monkeypatch, method: str) -> tuple[list[int], list
     prompt = [1, 2, 3, 4, 5, 1, 2, 3]
     vanilla = specbench.generate(model, prompt, max_new_tokens=40, chat=False)
     drafts = []
-    step_inputs = engine.step_inputs
+    step_forward = engine.step_forward
 
-    def recording(root, draft, length, device):
+    def recording(ctx, draft, *args):
         drafts.append(draft.tokens.tolist())
-        return step_inputs(root, draft, length, device)
+        return step_forward(ctx, draft, *args)
 
     with monkeypatch.context() as patch:
-        patch.setattr(engine, "step_inputs", recording)
+        patch.setattr(engine, "step_forward", recording)
         out = specbench.generate(model, prompt, method=kind, max_new_tokens=40, chat=False, **options)
     return vanilla.token_ids, out.token_ids, drafts
 
@@ -145,3 +183,63 @@ def test_a_generation_captures_every_step_shape_first():
     specbench.generate(model, list(range(3, 40)), method="lookahead", max_new_tokens=4, W=31, N=5)
     graphed = graphed_model(model, 40 + 4 + 152)
     assert {key[0] for key in graphed.graphs if key[1:] == (0, None, ())} == set(cuda_graph.BUCKETS)
+
+
+class _Standin:
+    """A captured tree forward's buffers on the CPU, for `engine._commit_in_graph`: `after` runs
+    eagerly here what a CUDA graph replays."""
+
+    def __init__(self, cache, length: int, logits, root: int, nodes, anc, rows: int, pads_see_root=False):
+        n = 1 + len(nodes)
+        self.n, self.cache, self.start = rows, cache, torch.tensor([length])
+        self.out = (torch.cat([logits, torch.randn(rows - n, logits.shape[1], generator=torch.Generator().manual_seed(9))]),)
+        pad_token = int(logits[0].argmax())   # a pad that counted would be accepted after the root
+        self.tokens = torch.tensor([root] + nodes + [pad_token] * (rows - n))
+        self.mask = torch.eye(rows, dtype=torch.bool)
+        self.mask[:n, 0] = True
+        self.mask[1:n, 1:n] = anc
+        if pads_see_root:
+            self.mask[n:, 0] = True
+        self.after = type("Replay", (), {"replay": lambda _: None})()
+
+    def capture_after(self, fn):
+        self.after_out = fn(self)
+
+
+@pytest.mark.parametrize("pads_see_root", [False, True])
+def test_the_captured_greedy_commit_equals_the_eager_one(pads_see_root):
+    """On CUDA a greedy step's verification and cache commit run as one captured graph over the
+    forward's padded buffers (`engine._commit_in_graph`). Run eagerly on stand-in buffers, it must
+    commit what `engine._commit_greedy` commits on the tree alone (path, tokens, argmax, cache rows)
+    for every tree; pads carry the token a child of the root would need. Negative control
+    (pads_see_root): pads that look like children of the root get accepted, and the test fails."""
+    from types import SimpleNamespace
+    args = specbench.ModelArgs(vocab_size=6, hidden_size=8, intermediate_size=8, num_layers=2,
+                               num_heads=2, num_kv_heads=1, head_dim=4)
+    gen = torch.Generator().manual_seed(0)
+    differs = 0
+    for case in range(60):
+        n = case % 8
+        parents = [int(torch.randint(-1, i, (), generator=gen)) for i in range(n)]
+        logits = torch.randn(1 + n, 6, generator=gen)
+        argmax = logits.argmax(-1).tolist()
+        nodes = [argmax[p + 1] if torch.rand((), generator=gen) < 0.7 else int(torch.randint(6, (), generator=gen))
+                 for p in parents]
+        tree = specbench.tree.DraftTree(tokens=torch.tensor(nodes, dtype=torch.long), parents=torch.tensor(parents))
+        anc = ancestor_mask(tree.parents)[1:, 1:]
+        eager = specbench.KVCache(args, 32, "cpu", torch.float32)
+        eager.k.normal_(generator=gen)
+        eager.v.normal_(generator=gen)
+        eager.length = 5
+        graph_cache = specbench.KVCache(args, 32, "cpu", torch.float32)
+        graph_cache.k.copy_(eager.k)
+        graph_cache.v.copy_(eager.v)
+        graph_cache.length = 5
+        want = engine._commit_greedy(tree, logits, anc if n else None, eager)
+        standin = _Standin(graph_cache, 5, logits, 3, nodes, anc, rows=8, pads_see_root=pads_see_root)
+        got = engine._commit_greedy_captured(SimpleNamespace(last_tree=standin, cache=graph_cache), n)
+        same = got == want and graph_cache.length == eager.length and \
+            torch.equal(graph_cache.k[:, :, :eager.length], eager.k[:, :, :eager.length]) and \
+            torch.equal(graph_cache.v[:, :, :eager.length], eager.v[:, :, :eager.length])
+        differs += not same
+    assert differs > 0 if pads_see_root else differs == 0
