@@ -94,7 +94,6 @@ class GraphedForward:
         # and kernels for a symbolic size were measured slower (a 4-token forward cost 1.8x the
         # one-token step on the default model)
         self.graph, self.out = capture(self._forward, self, compile, pool)
-        self.after = self.after_out = None   # a graph of work after each replay, see `capture_after`
 
     def _forward(self) -> tuple[torch.Tensor, ...]:
         out = self.model(self.tokens, self.start + self.offsets, self.cache, self.mask, start=self.start,
@@ -103,14 +102,6 @@ class GraphedForward:
                          output_layers=self.feature_layers)
         head = out.hidden if self.stop_layer is not None else out.logits
         return (head, *(out.layer_hidden[i] for i in self.feature_layers))
-
-    def capture_after(self, fn: Callable[["GraphedForward"], torch.Tensor]) -> None:
-        """Capture fn(self) once: device work on this graph's buffers and outputs that follows a
-        replay and returns one tensor (the engine's greedy commit: about 25 small kernels, each
-        of which costs host time when launched eagerly, while the device waits). Plain PyTorch,
-        not compiled, in its own memory pool; replay it with `after.replay()`, read `after_out`."""
-        if self.after is None:
-            self.after, self.after_out = capture(lambda: fn(self), self, False)
 
     def replay(self, n: int) -> ForwardOut:
         """Replay with the inputs already written; copies of the first n rows of the outputs."""
@@ -130,7 +121,6 @@ class GraphedModel:
         self.model = model
         self.cache = model.new_cache(max_len)
         self.graphs: dict[tuple, GraphedForward] = {}
-        self.last_tree: GraphedForward | None = None   # the graph of the last tree_forward
         self.pool = torch.cuda.graph_pool_handle()
         self.compile = compiling()
         # every captured shape compiles `GraphedForward._forward` anew; a benchmark of several
@@ -197,7 +187,6 @@ class GraphedModel:
             torch.sum(ancestors, -1, out=g.offsets[1:n])
         if start_layer:
             g.hidden[:n].copy_(hidden)
-        self.last_tree = g
         return g.replay(n)
 
 def graphed_model(model: Transformer, max_len: int) -> GraphedModel:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cuda_graph import BUCKETS, GraphedForward, GraphedModel, graphed_model, step_buckets
+from .cuda_graph import BUCKETS, GraphedModel, graphed_model, step_buckets
 from .model import ForwardOut, KVCache, Transformer, send
 from .sampling import SamplingParams, process_logits
 from .timing import PhaseTimer
@@ -135,19 +135,14 @@ def step_inputs(root: int, tree: DraftTree, length: int, device):
         mask.to(device, non_blocking=True)
 
 
-def captured_step(ctx: DecodeContext, tree: DraftTree) -> bool:
-    """Whether the step runs as captured graphs end to end: on CUDA, a tree without aux nodes
-    (lookahead's) that fits the largest bucket; its inputs go straight into the forward's buffers
-    (`GraphedModel.tree_forward`) and a greedy commit is a graph too (`_commit_in_graph`)."""
-    return ctx.graphed is not None and tree.aux_tokens is None and 1 + tree.size <= BUCKETS[-1]
-
-
-def step_forward(ctx: DecodeContext, tree: DraftTree, layers: tuple[int, ...], captured: bool
+def step_forward(ctx: DecodeContext, tree: DraftTree, layers: tuple[int, ...]
                  ) -> tuple[ForwardOut, torch.Tensor | None]:
     """A step's one target forward over (root, nodes, aux), and the nodes' [n, n] ancestor-or-self
-    mask on the device (None without nodes), which greedy verification reads."""
+    mask on the device (None without nodes), which greedy verification reads. On CUDA a tree
+    without aux nodes (lookahead has them) goes straight into the captured forward's buffers
+    (`GraphedModel.tree_forward`)."""
     n, device = tree.size, ctx.model.device
-    if captured:
+    if ctx.graphed is not None and tree.aux_tokens is None and 1 + n <= BUCKETS[-1]:
         anc = None
         if n:
             anc = tree.ancestors.to(device) if tree.ancestors is not None else \
@@ -205,31 +200,6 @@ def _commit_greedy(tree: DraftTree, logits: torch.Tensor, anc: torch.Tensor | No
     return packed[2:2 + k], packed[2 + n:2 + n + k] + [packed[1]], packed[2 + 2 * n:]
 
 
-def _commit_in_graph(g: GraphedForward) -> torch.Tensor:
-    """`_commit_greedy`'s device work on a captured tree forward's buffers (root, nodes, then pads
-    that do not see the root), for `GraphedForward.capture_after`: the accepted path moved into the
-    cache, and [count, next token, order (b - 1), the nodes' tokens in that order, argmax (b)]
-    packed for one read, b being the graph's rows."""
-    argmax = g.out[0].argmax(-1)
-    nodes = g.tokens[1:]
-    order, count, next_token = verify_greedy(nodes, argmax, g.mask[1:, 1:], g.mask[1:, 0])
-    if g.n > 1:
-        g.cache.compact(torch.cat([order.new_zeros(1), 1 + order]), start=g.start)
-    return torch.cat([count.view(1), next_token.view(1), order, nodes.index_select(0, order), argmax])
-
-
-def _commit_greedy_captured(graphed: GraphedModel, nodes: int) -> tuple[list[int], list[int], list[int]]:
-    """`_commit_greedy` after a `tree_forward` over the root and `nodes` nodes, as one graph replay
-    and the step's one host read."""
-    g = graphed.last_tree
-    g.capture_after(_commit_in_graph)
-    g.after.replay()
-    packed = g.after_out.tolist()
-    k, m = packed[0], g.n - 1
-    graphed.cache.length += 1 + k
-    return packed[2:2 + k], packed[2 + m:2 + m + k] + [packed[1]], packed[2 + 2 * m:3 + 2 * m + nodes]
-
-
 @torch.inference_mode()
 def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: SamplingParams,
         max_new_tokens: int, seed: int, eos_ids: tuple[int, ...]) -> EngineResult:
@@ -246,9 +216,7 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
     layers = proposer.feature_layers
     if graphed is not None:   # capture every step and prefill shape now, not when one first needs it
         for b in step_buckets(proposer.max_nodes):
-            g = graphed.prepare(b, start_layer=proposer.verify_start_layer, feature_layers=layers)
-            if params.greedy:
-                g.capture_after(_commit_in_graph)
+            graphed.prepare(b, start_layer=proposer.verify_start_layer, feature_layers=layers)
         chunk = min(len(prompt_ids) - 1, BUCKETS[-1])     # prefill's longest chunk (see `prefill`)
         for b in step_buckets(chunk - 1) if chunk else ():
             graphed.prepare(b, feature_layers=layers)
@@ -273,14 +241,11 @@ def run(model: Transformer, proposer: Proposer, prompt_ids: list[int], params: S
             cache.length += 1
             accepted, committed, logits, step_features, argmax = [], [tree.decided], None, None, []
         else:
-            captured = captured_step(ctx, tree)
-            out, anc = step_forward(ctx, tree, layers, captured)
+            out, anc = step_forward(ctx, tree, layers)
             timer.lap("forward")
             logits = out.logits
             step_features = features(out, layers)
-            if params.greedy and captured:
-                accepted, committed, argmax = _commit_greedy_captured(graphed, tree.size)
-            elif params.greedy:
+            if params.greedy:
                 accepted, committed, argmax = _commit_greedy(tree, logits, anc, cache)
             else:
                 probs = process_logits(logits[: 1 + tree.size], params)

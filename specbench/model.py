@@ -232,29 +232,26 @@ class KVCache:
             raise ValueError(f"cannot truncate a cache of {self.max_len} slots to {length}")
         self.length = length
 
-    def compact(self, keep: list[int] | torch.Tensor, start: torch.Tensor | None = None) -> None:
+    def compact(self, keep: list[int] | torch.Tensor) -> None:
         """Commit the new entries at offsets `keep` (ascending, relative to `length`) in order.
 
         The accepted path of a token tree moves into the slots right after the committed ones; a
         chain whose accepted prefix is already in place costs no copy. A device tensor of offsets
         is used as it is, without reading it (the engine's greedy CUDA step: it passes every new
-        row, path first, and truncates to the path once it has read the path's length). `start`, a
-        one-element device tensor, stands for `length` inside a captured graph (which would keep
-        the host's value of the capture); the length is then the caller's to set.
+        row, path first, and truncates to the path once it has read the path's length).
         """
-        first = self.length if start is None else start
+        start = self.length
         if isinstance(keep, torch.Tensor):
-            src = keep + first
+            src = keep + start
         elif keep != list(range(len(keep))):
-            src = send(keep, self.k.device) + first
+            src = send(keep, self.k.device) + start
         else:
             src = None
         if src is not None:
-            dst = first + torch.arange(len(keep), device=src.device)
+            dst = slice(start, start + len(keep))
             self.k[:, :, dst] = self.k[:, :, src]
             self.v[:, :, dst] = self.v[:, :, src]
-        if start is None:
-            self.length += len(keep)
+        self.length = start + len(keep)
 
 
 @dataclass

@@ -206,15 +206,13 @@ def _residual(r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(mass > 0, res / mass.clamp_min(1e-300), r)
 
 
-def verify_greedy(tokens: torch.Tensor, argmax: torch.Tensor, anc: torch.Tensor | None,
-                  real: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def verify_greedy(tokens: torch.Tensor, argmax: torch.Tensor, anc: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy verification on argmax's device, reading nothing back to the host (so a CUDA step
-    keeps one synchronisation, the engine's, and a captured graph can hold it). tokens [n]: the
-    nodes'; argmax [1 + n]: the target's choice after the root and after each node; anc [n, n]:
-    the nodes' ancestor-or-self mask; real [n]: which rows are nodes (a captured step pads its tree
-    to the graph's size; None: all). A node is right when its token is the argmax at its parent,
-    the ancestor one level up, found from anc so that the tree's parents need not be on the
-    device. Returns (order, count, next_token) as `deepest_ok_path`, next_token [] being the
+    keeps one synchronisation, the engine's). tokens [n]: the nodes'; argmax [1 + n]: the
+    target's choice after the root and after each node; anc [n, n]: the nodes' ancestor-or-self
+    mask. A node is right when its token is the argmax at its parent, the ancestor one level up,
+    found from anc so that a tree's parents need not be sent to the device. Returns (order, count, next_token) as `deepest_ok_path`, next_token [] being the
     argmax after the path's last node."""
     n = tokens.shape[0]
     if n == 0:
@@ -224,8 +222,6 @@ def verify_greedy(tokens: torch.Tensor, argmax: torch.Tensor, anc: torch.Tensor 
     rows = torch.arange(1, n + 1, device=anc.device)
     parent_row = (parent * rows).sum(-1)                          # 0 (the root) at depth 1
     ok = tokens.to(argmax.device, non_blocking=True) == argmax.index_select(0, parent_row)
-    if real is not None:
-        ok &= real
     order, count = deepest_ok_path(anc, ok)
     last = order.index_select(0, (count - 1).clamp_min(0).view(1)) + 1
     row = torch.where(count > 0, last, torch.zeros_like(last))

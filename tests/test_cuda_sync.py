@@ -73,9 +73,9 @@ def test_an_extra_read_is_counted(target, monkeypatch):
     """Negative control: a verifier that reads the device once more is caught."""
     commit = engine._commit_greedy
 
-    def reads_twice(tree, logits, mask, cache):
+    def reads_twice(tree, logits, anc, cache):
         logits.argmax(-1).tolist()
-        return commit(tree, logits, mask, cache)
+        return commit(tree, logits, anc, cache)
 
     monkeypatch.setattr(engine, "_commit_greedy", reads_twice)
     syncs, steps = step_syncs(target, "vanilla")
