@@ -189,6 +189,7 @@ class GraphedModel:
             g.hidden[:n].copy_(hidden)
         return g.replay(n)
 
+
 def graphed_model(model: Transformer, max_len: int) -> GraphedModel:
     """The model's graphs for a cache of at least max_len slots: the smallest set already captured
     that is large enough (a replay reads only the live slots, so a larger cache costs nothing),

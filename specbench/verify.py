@@ -212,8 +212,8 @@ def verify_greedy(tokens: torch.Tensor, argmax: torch.Tensor, anc: torch.Tensor 
     keeps one synchronisation, the engine's). tokens [n]: the nodes'; argmax [1 + n]: the
     target's choice after the root and after each node; anc [n, n]: the nodes' ancestor-or-self
     mask. A node is right when its token is the argmax at its parent, the ancestor one level up,
-    found from anc so that a tree's parents need not be sent to the device. Returns (order, count, next_token) as `deepest_ok_path`, next_token [] being the
-    argmax after the path's last node."""
+    found from anc so that a tree's parents need not be sent to the device. Returns (order, count,
+    next_token) as `deepest_ok_path`, next_token [] being the argmax after the path's last node."""
     n = tokens.shape[0]
     if n == 0:
         return argmax.new_zeros(0), argmax.new_zeros(()), argmax[0]

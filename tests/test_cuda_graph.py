@@ -98,7 +98,7 @@ def test_graphed_forward_matches_eager(monkeypatch, compiled):
 
 
 @needs_cuda
-def test_captured_prefill_matches_eager(monkeypatch):
+def test_captured_prefill_matches_eager():
     """On CUDA the prompt is prefilled through the captured forwards in chunks of the largest
     bucket: a 300-token prompt (two chunks) leaves the eager prefill's K/V and features."""
     model = specbench.random_model(vocab_size=64, num_layers=3, hidden_size=64, num_heads=4,
@@ -183,4 +183,3 @@ def test_a_generation_captures_every_step_shape_first():
     specbench.generate(model, list(range(3, 40)), method="lookahead", max_new_tokens=4, W=31, N=5)
     graphed = graphed_model(model, 40 + 4 + 152)
     assert {key[0] for key in graphed.graphs if key[1:] == (0, None, ())} == set(cuda_graph.BUCKETS)
-
