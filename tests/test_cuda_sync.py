@@ -60,10 +60,12 @@ def test_one_sync_per_greedy_step(target, method):
     assert syncs == steps, f"{method}: {syncs} host synchronisations in {steps} steps"
 
 
-@pytest.mark.parametrize("method", ["vanilla", "pld", "lookahead", "medusa", "eagle_static", "eagle_dynamic"])
+@pytest.mark.parametrize("method", ["vanilla", "pld", "lookahead", "early_exit", "medusa", "sps", "eagle_static",
+                                    "eagle_dynamic"])
 def test_one_sync_per_sampled_step(target, method):
-    """Temperature 1 with deterministic drafts: the verifier reads the acceptance probabilities,
-    the draws made ahead and the engine's tokens and argmax in one transfer."""
+    """Temperature 1: the verifier reads the acceptance probabilities, the draws made ahead and
+    the engine's tokens and argmax in one transfer, for deterministic drafts and for the sampled
+    chains of sps and early exit (their draws stay on the device)."""
     name = method.split("_")[0] if method.startswith("eagle") else method
     syncs, steps = step_syncs(target, name, temperature=1.0, **options_for(target, method))
     assert syncs == steps, f"{method}: {syncs} host synchronisations in {steps} sampled steps"
