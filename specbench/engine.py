@@ -143,10 +143,7 @@ def step_forward(ctx: DecodeContext, tree: DraftTree, layers: tuple[int, ...]
     (`GraphedModel.tree_forward`)."""
     n, device = tree.size, ctx.model.device
     if ctx.graphed is not None and tree.aux_tokens is None and 1 + n <= BUCKETS[-1]:
-        anc = None
-        if n:
-            anc = tree.ancestors.to(device) if tree.ancestors is not None else \
-                ancestor_mask(tree.parents)[1:, 1:].to(device, non_blocking=True)
+        anc = tree.ancestors_on(device) if n else None
         return ctx.graphed.tree_forward(ctx.root, tree.tokens, anc, tree.resume_layer, tree.resume_hidden,
                                         layers), anc
     tokens, positions, mask = step_inputs(ctx.root, tree, ctx.cache.length, device)
@@ -189,7 +186,7 @@ def _commit_greedy(tree: DraftTree, logits: torch.Tensor, anc: torch.Tensor | No
     every forward row."""
     n = tree.size
     argmax = logits.argmax(-1)   # = process_logits' greedy one-hot, without building it
-    order, count, next_token = verify_greedy(tree.tokens, argmax[: 1 + n], anc)
+    order, count, next_token = verify_greedy(tree, argmax[: 1 + n], anc)
     start = cache.length
     if n:   # move every new row, path first; the length below keeps only root + path
         cache.compact(torch.cat([order.new_zeros(1), 1 + order]))

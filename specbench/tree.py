@@ -46,6 +46,13 @@ class DraftTree:
     def size(self) -> int:
         return int(self.tokens.numel())
 
+    def ancestors_on(self, device: torch.device | str) -> torch.Tensor:
+        """[n, n] ancestor-or-self mask of the nodes on `device`: the tree's own when it was shaped
+        on the device, else built from its parents and sent without waiting."""
+        if self.ancestors is not None:
+            return self.ancestors.to(device)
+        return ancestor_mask(self.parents)[1:, 1:].to(device, non_blocking=True)
+
     @staticmethod
     def chain(tokens: torch.Tensor, q: torch.Tensor | None = None) -> "DraftTree":
         n = int(tokens.numel())

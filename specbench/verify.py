@@ -14,7 +14,7 @@ import torch
 from .errors import SpecbenchError
 from .model import send
 from .sampling import sample
-from .tree import DraftTree, ancestor_mask
+from .tree import DraftTree
 
 
 class RandomSource(Protocol):
@@ -58,13 +58,6 @@ class VerifyResult:
     accepted: list[int]   # draft node indices on the accepted path, root side first
     next_token: int       # the correction (after a rejection) or bonus token, drawn from the target
     read_along: list[int] = field(default_factory=list)   # the caller's `read_along` tensor, on the host
-
-
-def _ancestors(tree: DraftTree, device: torch.device) -> torch.Tensor:
-    """[n, n] ancestor-or-self mask of the tree's nodes on `device` (the tree's own when it has one)."""
-    if tree.ancestors is not None:
-        return tree.ancestors.to(device)
-    return ancestor_mask(tree.parents)[1:, 1:].to(device, non_blocking=True)
 
 
 def _read(*parts: torch.Tensor | None) -> list[list[float] | None]:
@@ -116,7 +109,7 @@ def verify_tree(tree: DraftTree, p: torch.Tensor, greedy: bool, rng: RandomSourc
     if p.dim() != 2 or p.shape[0] != 1 + n:
         raise SpecbenchError(f"verify_tree: p must be [1 + {n}, V], got {list(p.shape)}")
     if greedy:
-        order, count, next_token = verify_greedy(tree.tokens, p.argmax(-1), _ancestors(tree, p.device))
+        order, count, next_token = verify_greedy(tree, p.argmax(-1), tree.ancestors_on(p.device))
         head, order, along = _read(torch.stack([count, next_token]), order, read_along)
         return VerifyResult(_ints(order[:int(head[0])]), int(head[1]), _ints(along))
     accept, residual = sibling_trials(tree, p)
@@ -206,22 +199,17 @@ def _residual(r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(mass > 0, res / mass.clamp_min(1e-300), r)
 
 
-def verify_greedy(tokens: torch.Tensor, argmax: torch.Tensor, anc: torch.Tensor | None
+def verify_greedy(tree: DraftTree, argmax: torch.Tensor, anc: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy verification on argmax's device, reading nothing back to the host (so a CUDA step
-    keeps one synchronisation, the engine's). tokens [n]: the nodes'; argmax [1 + n]: the
-    target's choice after the root and after each node; anc [n, n]: the nodes' ancestor-or-self
-    mask. A node is right when its token is the argmax at its parent, the ancestor one level up,
-    found from anc so that a tree's parents need not be sent to the device. Returns (order, count,
-    next_token) as `deepest_ok_path`, next_token [] being the argmax after the path's last node."""
-    n = tokens.shape[0]
-    if n == 0:
+    keeps one synchronisation, the engine's). argmax [1 + n]: the target's choice after the root
+    and after each node; anc [n, n]: the nodes' ancestor-or-self mask (None without nodes).
+    Returns (order, count, next_token) as `deepest_ok_path`, next_token [] being the argmax after
+    the path's last node."""
+    if tree.size == 0:
         return argmax.new_zeros(0), argmax.new_zeros(()), argmax[0]
-    depth = anc.sum(-1)
-    parent = anc & (depth[None, :] == depth[:, None] - 1)        # one column per row below depth 1
-    rows = torch.arange(1, n + 1, device=anc.device)
-    parent_row = (parent * rows).sum(-1)                          # 0 (the root) at depth 1
-    ok = tokens.to(argmax.device, non_blocking=True) == argmax.index_select(0, parent_row)
+    parents = tree.parents.to(argmax.device, non_blocking=True)
+    ok = tree.tokens.to(argmax.device, non_blocking=True) == argmax.index_select(0, parents + 1)
     order, count = deepest_ok_path(anc, ok)
     last = order.index_select(0, (count - 1).clamp_min(0).view(1)) + 1
     row = torch.where(count > 0, last, torch.zeros_like(last))
@@ -261,7 +249,7 @@ def verify_typical(tree: DraftTree, p: torch.Tensor, threshold: float, alpha: fl
         bound = torch.minimum(torch.full_like(entropy, threshold), alpha * torch.exp(-entropy))
         rows = tree.parents.to(p.device) + 1
         plausible = p[rows, tree.tokens.to(p.device)] > bound[rows]
-        order, count = deepest_ok_path(_ancestors(tree, p.device), plausible)
+        order, count = deepest_ok_path(tree.ancestors_on(p.device), plausible)
         path = torch.cat([count.view(1), order])
     path, drawn, along = _read(path, rng.presample(p), read_along)
     accepted = _ints(path[1:1 + int(path[0])])

@@ -79,11 +79,10 @@ def test_graphed_forward_matches_eager(monkeypatch, compiled):
                 torch.testing.assert_close(a[:, :, :20 + n], b[:, :, :20 + n], rtol=1e-4, atol=1e-4)
         # a tree step's inputs go straight into the captured buffers (tree_forward); the same
         # graphs then serve the generic path again, whose mask layout must come back
-        nodes = ancestor_mask(torch.tensor([-1, 0, 0, 1, -1, 4]))[1:, 1:].cuda()
-        for root, parents in ((5, nodes), (7, None), (9, nodes)):
+        for root, parents in ((5, tree[1:, 1:]), (7, None), (9, tree[1:, 1:])):
             tokens = torch.randint(64, (0 if parents is None else 6,), device="cuda", generator=gen)
             rows = torch.cat([torch.tensor([root], device="cuda"), tokens])
-            mask = None if parents is None else ancestor_mask(torch.tensor([-1, 0, 0, 1, -1, 4])).cuda()
+            mask = None if parents is None else tree
             depth = torch.zeros(1, dtype=torch.long) if parents is None else torch.tensor([0, 1, 2, 2, 3, 1, 2])
             positions = 20 + depth.cuda()
             got = graphed.tree_forward(root, tokens, parents).logits
