@@ -12,6 +12,7 @@ from sampled_data import own_samples
 from specbench.bench import sharegpt_is_heldout
 from specbench.bench.datasets import _sharegpt_conversations
 from specbench.cli import main
+from specbench.train.trainer import CHECKPOINT
 from specbench.train import Stop, TrainConfig, train_drafter, training_data
 from specbench.train.data import TokenData, encode_chat, training_conversations
 
@@ -73,6 +74,10 @@ def test_resume_after_kill_reaches_the_same_loss(tiny, tiny_data, tmp_path, kind
     with pytest.raises(Stop):
         train_drafter(tiny, kind_config(kind), tmp_path / "killed", data=tiny_data, eval_tokens=8, progress=False,
                       stop_after=6)
+    state = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)
+    assert state["seconds"] > 0
+    state["seconds"] = 1e6          # the killed run's time, made unmistakable: the card must add it
+    torch.save(state, tmp_path / "killed" / CHECKPOINT)
     resumed = train_drafter(tiny, kind_config(kind), tmp_path / "killed", data=tiny_data, eval_tokens=8,
                             progress=False)
     a = [json.loads(r) for r in (straight / "metrics.jsonl").read_text().splitlines()]
@@ -84,6 +89,8 @@ def test_resume_after_kill_reaches_the_same_loss(tiny, tiny_data, tmp_path, kind
     assert all(torch.allclose(wa[k], wb[k], atol=1e-3) for k in wa)
     card = (resumed / "card.md").read_text()
     assert "Mean accepted tokens" in card and (resumed / "loss.png").is_file()
+    training = json.loads((resumed / "config.json").read_text())["training"]    # every run's time, not the last's
+    assert 1e6 < training["seconds"] < 1e6 + 600 and f"{training['seconds']} s of training" in card
 
 
 @pytest.mark.parametrize("kind", ["medusa", "eagle", "eagle3"])

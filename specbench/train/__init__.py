@@ -96,14 +96,15 @@ def train_drafter(model: Transformer, config: TrainConfig, out: str | os.PathLik
     data = data if data is not None else training_data(model, config)
     drafter = new_drafter(model, config, data)
     objective = OBJECTIVES[config.kind](drafter, model, **config.objective)
-    start = time.perf_counter()
     result = train(objective, model, data, config, out, stop_after=stop_after, progress=progress)
     _, val_idx = split(data, config.validation)
+    start = time.perf_counter()
     evaluation = objective.evaluate(model, data, val_idx, eval_tokens)
     extra = {"training": {"data": data.meta.get("source", str(config.data)), "conversations": len(data),
                           "max_len": config.max_len, "steps": result["steps"], "epochs": config.epochs,
                           "lr": config.lr, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
-                          "seconds": round(time.perf_counter() - start, 1),
+                          "seconds": round(result["seconds"], 1),
+                          "eval_seconds": round(time.perf_counter() - start, 1),
                           "final": {k: round(v, 4) for k, v in result["final"].items()},
                           "evaluation": {k: v for k, v in evaluation.items() if k != "rank_accuracy"}}}
     drafter.save(out, dtype=save_dtype, extra=extra)
@@ -141,7 +142,8 @@ def write_card(out: Path, config: TrainConfig, training: dict, evaluation: dict)
         f"the last {min(config.validation, max(1, training['conversations'] // 10))} kept for evaluation)",
         f"- Training: {training['steps']} steps, {config.epochs} epoch(s), batch {config.batch_size} sequences, "
         f"AdamW lr {config.lr} (warm-up {config.warmup_steps}, cosine), clip {config.grad_clip}, seed {config.seed}",
-        f"- Device: {training['device']}, target dtype {training['dtype']}, {training['seconds']} s",
+        f"- Device: {training['device']}, target dtype {training['dtype']}; {training['seconds']} s of training "
+        f"(every run of this folder, resumes included), {training['eval_seconds']} s of held-back evaluation",
         f"- Drafter: {json.dumps(config.drafter, sort_keys=True)}; objective options: "
         f"{json.dumps(config.objective, sort_keys=True)}",
         f"- Final loss (mean of the last 20 steps): {final.get('loss', float('nan')):.4f}",

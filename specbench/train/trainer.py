@@ -178,19 +178,21 @@ def train(objective: Objective, model: Transformer, data: TokenData, config: Tra
     total = max(1, round(config.epochs * steps_per_epoch))
     params = [p for p in drafter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-    step = 0
+    step, earlier_seconds = 0, 0.0      # seconds of the steps that earlier runs of this folder kept
     ckpt = out / CHECKPOINT
     if ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=True)
         drafter.load_state_dict(state["drafter"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
+        earlier_seconds = float(state.get("seconds", 0.0))
     metrics_file = out / "metrics.jsonl"
     _truncate_metrics(metrics_file, step)
 
     def save_checkpoint() -> None:
         tmp = ckpt.with_suffix(".tmp")
-        torch.save({"drafter": drafter.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+        torch.save({"drafter": drafter.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "seconds": earlier_seconds + time.perf_counter() - start}, tmp)
         os.replace(tmp, ckpt)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -248,7 +250,8 @@ def train(objective: Objective, model: Transformer, data: TokenData, config: Tra
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
     drafter.eval()
-    return {"steps": step, "seconds": time.perf_counter() - start, "final": _last_metrics(metrics_file)}
+    return {"steps": step, "seconds": earlier_seconds + time.perf_counter() - start,
+            "final": _last_metrics(metrics_file)}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
