@@ -181,6 +181,20 @@ def answer_stat(result: BenchResult, key: str) -> pd.Series:
     return pd.Series({label: statistics.mean(v) for label, v in values.items()}, name=key, dtype=float)
 
 
+def training_conversations(drafter_folder: str | Path) -> int:
+    """How many conversations a trained drafter saw (its config.json, written by `specbench train`)."""
+    return int(json.loads((Path(drafter_folder) / "config.json").read_text())["training"]["conversations"])
+
+
+def gain_per_doubling(result: BenchResult, before: str, after: str, data_before: int, data_after: int) -> float:
+    """Relative gain in mean accepted tokens per doubling of the training data, between two arms
+    of one run whose drafters differ in data only: (after / before) ** (1 / log2(data ratio)) - 1,
+    the log-linear form in which the EAGLE-3 paper plots its scaling."""
+    table = overall(result).set_index("method")
+    ratio = table.loc[after, "mean_accepted"] / table.loc[before, "mean_accepted"]
+    return ratio ** (1.0 / math.log2(data_after / data_before)) - 1.0
+
+
 def show_columns(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """The named columns, rounded for display."""
     return df[columns].round(3)
