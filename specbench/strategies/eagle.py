@@ -80,7 +80,8 @@ class DynamicTree:
 
     def draft(self, step: "DraftStep", h_root: torch.Tensor, committed: torch.Tensor, cols: torch.Tensor):
         k, device = self.top_k, h_root.device
-        scores, tokens = step.logp(h_root)[0].topk(k)
+        scores, tokens = step.top(h_root, k)
+        scores, tokens = scores[0], tokens[0]
         all_tokens, all_scores = [tokens], [scores]
         all_parents = [torch.full((k,), -1, dtype=torch.long, device=device)]
         beam_ids, beam_tokens, beam_scores = torch.arange(k, device=device), tokens, scores
@@ -91,9 +92,9 @@ class DynamicTree:
             slots = committed + (d - 1) * k + torch.arange(k, device=device)
             positions = (committed + d - 1).expand(k)
             h = step.rows(feats, beam_tokens, positions, slots, step.tree_mask(cols, committed, anc))
-            top = step.logp(h).topk(k)                                     # [k, k]
-            cum = (beam_scores[:, None] + top.values).flatten()
-            tok = top.indices.flatten()
+            values, top_tokens = step.top(h, k)                            # [k, k]
+            cum = (beam_scores[:, None] + values).flatten()
+            tok = top_tokens.flatten()
             all_tokens.append(tok)
             all_scores.append(cum)
             all_parents.append(beam_ids[:, None].expand(k, k).flatten())
@@ -173,11 +174,9 @@ class StaticTree:
         return self
 
     def draft(self, step: "DraftStep", h_root: torch.Tensor, committed: torch.Tensor, cols: torch.Tensor):
-        h, logp = h_root, step.logp(h_root)
-        tokens = []
+        h, tokens = h_root, []
         for d, entry in enumerate(self.levels):
-            top = logp.topk(entry["topk"]).indices
-            tok = top[entry["src"], entry["rank"]]
+            tok = step.top(h, entry["topk"])[1][entry["src"], entry["rank"]]
             tokens.append(tok)
             if "anc" in entry:
                 m = entry["anc"].shape[0]
@@ -185,7 +184,6 @@ class StaticTree:
                 positions = (committed + d).expand(m)
                 h = step.rows(h[entry["feat_src"]], tok[entry["tok_idx"]], positions, slots,
                               step.tree_mask(cols, committed, entry["anc"]))
-                logp = step.logp(h)
         return torch.cat(tokens), self.parents_cpu, None
 
 
@@ -201,18 +199,16 @@ class DraftStep:
     def rows(self, feats, tokens, positions, slots, mask) -> torch.Tensor:
         return self.drafter(feats, tokens, positions, self.cache, mask, self.model, slots=slots, span=mask.shape[1])
 
-    def logp(self, h: torch.Tensor) -> torch.Tensor:
-        """Draft log-probabilities [n, V]; with a draft vocabulary (the `draft_vocab` option, or
-        EAGLE-3's own head), over its tokens (-inf elsewhere)."""
+    def top(self, h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k best draft tokens of each row of h: log-probabilities [n, k] and target ids [n, k].
+        With a draft vocabulary (the `draft_vocab` option, or EAGLE-3's own head) only its tokens
+        are scored, and ranked in that compact space: never scattered into the whole vocabulary."""
         logits, ids = (h @ self.head.T, self.vocab) if self.vocab is not None else self.drafter.draft_logits(h, self.model)
         logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
         # a row that overflowed (NaN: a random bf16 draft on CUDA did) ranks last; NaN would sort
         # above its parent and leave a kept node without its parent
-        logp = logp.masked_fill(logp.isnan(), float("-inf"))
-        if ids is None:
-            return logp
-        full = logp.new_full((logp.shape[0], self.model.args.vocab_size), float("-inf"))
-        return full.index_copy_(1, ids, logp)
+        values, index = logp.masked_fill(logp.isnan(), float("-inf")).topk(k)
+        return values, index if ids is None else ids[index]
 
     @staticmethod
     def tree_mask(cols: torch.Tensor, committed: torch.Tensor, anc: torch.Tensor) -> torch.Tensor:
