@@ -1,10 +1,11 @@
 """What one drafting step of each learned drafter costs on CUDA, and in which kernels: the step's
 captured graph replayed on its own (no target forward), timed by CUDA events and traced by
-torch.profiler. The default model, bf16, its shipped drafters, greedy. On the GPU machine, from the
-repository root:
+torch.profiler, once with torch's topk and once with the two-pass top-k the drafters use on CUDA
+(`specbench.tree.top_k_rows`). The default model, bf16, its shipped drafters, greedy. On the GPU
+machine, from the repository root:
     python3 experiments/gpu_draft_trace.py MODEL.gguf OUT_DIR
-writes OUT_DIR/draft_steps.csv (per method: device ms and wall ms per replay) and
-OUT_DIR/draft_kernels.txt (each method's kernel table, 20 replays)."""
+writes OUT_DIR/draft_steps.csv (per method and top-k: device ms and wall ms per replay, kernels
+per step) and OUT_DIR/draft_kernels.txt (each one's kernel table, 20 replays)."""
 from __future__ import annotations
 
 import csv
@@ -17,16 +18,21 @@ from torch.profiler import ProfilerActivity, profile
 
 import specbench
 from specbench.drafters import resolve_drafter
+from specbench.strategies import eagle, medusa
+from specbench.tree import top_k_rows
 
 METHODS = {"eagle": ("eagle", {}), "eagle_vocab8192": ("eagle", {"draft_vocab": 8192}),
            "eagle_15": ("eagle", {"total_tokens": 15}), "eagle3": ("eagle3", {}), "medusa": ("medusa", {})}
 PROMPT = "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences."
 REPLAYS = 200
+TOP_K = {"torch_topk": lambda x, k: x.topk(k), "two_pass": top_k_rows}
 
 
 def draft_call(model, method: str, options: dict):
     """The drafter's captured step after one generation, with inputs like a step's (one committed row)."""
     drafter = resolve_drafter(None, model, method)
+    for cache in ("_steps", "_graphed"):      # capture anew with the top-k in force
+        drafter.__dict__.pop(cache, None)
     specbench.generate(model, PROMPT, method=method, max_new_tokens=32, drafter=drafter, **options)
     device = model.device
     if method == "medusa":
@@ -44,7 +50,8 @@ def main(model_path: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = specbench.load_model(model_path, device="cuda", dtype="bfloat16")
     rows, tables = [], []
-    for label, (method, options) in METHODS.items():
+    for (label, (method, options)), (top_name, top) in [(m, t) for t in TOP_K.items() for m in METHODS.items()]:
+        eagle.top_k_rows = medusa.top_k_rows = top
         call = draft_call(model, method, options)
         for _ in range(20):
             call()
@@ -57,7 +64,7 @@ def main(model_path: str, out: Path) -> None:
         end.record()
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) * 1000 / REPLAYS
-        row = {"method": label, "device_ms": round(start.elapsed_time(end) / REPLAYS, 4), "wall_ms": round(wall, 4)}
+        row = {"method": label, "top_k": top_name, "device_ms": round(start.elapsed_time(end) / REPLAYS, 4), "wall_ms": round(wall, 4)}
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(20):
                 call()
@@ -66,7 +73,7 @@ def main(model_path: str, out: Path) -> None:
         row["kernels_per_step"] = round(sum(e.count for e in events) / 20, 1)
         rows.append(row)
         print(row, flush=True)
-        tables.append(f"{label} ({method} {options}), 20 replays:\n"
+        tables.append(f"{label} ({method} {options}), {top_name}, 20 replays:\n"
                       + prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
     (out / "draft_kernels.txt").write_text("\n\n".join(tables) + "\n")
     with open(out / "draft_steps.csv", "w", newline="") as f:
@@ -77,4 +84,5 @@ def main(model_path: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    with torch.inference_mode():      # as generate runs: the captured graphs' buffers are inference tensors
+        main(sys.argv[1], Path(sys.argv[2]))

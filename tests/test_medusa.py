@@ -135,3 +135,19 @@ def test_shipped_heads_greedy_identical_on_the_default_model(default_model):
             out = specbench.generate(default_model, question.turns[0], method="medusa", tree=tree, max_new_tokens=32)
             assert out.token_ids == vanilla, (question.question_id, tree)
             assert out.stats["mean_accepted"] > 1.0
+
+
+@pytest.mark.parametrize("width,k", [(49152, 10), (8192, 1), (1000, 7), (600, 256), (513, 3), (300, 10)])
+def test_two_pass_top_k_equals_topk(width, k):
+    """The drafters' two-pass top-k (CUDA's) gives torch's values and, without ties, its columns; rows
+    that are all -inf (an overflowed draft row) still get columns inside the row."""
+    from specbench.tree import two_pass_top_k
+    gen = torch.Generator().manual_seed(width + k)
+    x = torch.randn(4, width, generator=gen, dtype=torch.float64)
+    x[1, : width // 2] = float("-inf")
+    x[2] = float("-inf")
+    values, index = two_pass_top_k(x, k)
+    expected = x.topk(k)
+    assert torch.equal(values, expected.values)
+    assert torch.equal(index[[0, 1, 3]], expected.indices[[0, 1, 3]])
+    assert index.max() < width and torch.equal(x.gather(1, index), values)

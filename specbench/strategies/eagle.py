@@ -46,7 +46,7 @@ from ..drafters.medusa import check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
 from ..model import Transformer, send
-from ..tree import DraftTree, depths
+from ..tree import DraftTree, depths, top_k_rows
 
 # default settings per device: a CPU pays per draft level (above all the LM head) and per verified
 # token, a GPU much less. CPU: the fastest dynamic tree of experiments/cpu_eagle_sweep.yaml
@@ -207,7 +207,7 @@ class DraftStep:
         logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
         # a row that overflowed (NaN: a random bf16 draft on CUDA did) ranks last; NaN would sort
         # above its parent and leave a kept node without its parent
-        values, index = logp.masked_fill(logp.isnan(), float("-inf")).topk(k)
+        values, index = top_k_rows(logp.masked_fill(logp.isnan(), float("-inf")), k)
         return values, index if ids is None else ids[index]
 
     @staticmethod

@@ -25,7 +25,7 @@ from ..drafters.medusa import MedusaHeads, check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer
 from ..errors import SpecbenchError
 from ..model import Transformer
-from ..tree import DraftTree, ancestor_mask
+from ..tree import DraftTree, ancestor_mask, top_k_rows
 
 # default tree sizes, chosen by measurement (README, "Medusa"): CPU forwards cost per token; on
 # CUDA the root and 14 nodes fill the 16-row graph bucket, and 17 rows jump to the 64-row one
@@ -36,7 +36,7 @@ def tree_tokens(drafter: MedusaHeads, model: Transformer, features: torch.Tensor
                 rank: torch.Tensor, topk: int) -> torch.Tensor:
     """The tree's tokens for one root feature [1, D]: node i is head[i]'s rank[i]-th choice."""
     logits = drafter(features, model)[0]                              # [K, V]
-    return logits.topk(topk, dim=-1).indices[head, rank]
+    return top_k_rows(logits, topk)[1][head, rank]
 
 
 class GraphedTreeTokens:
