@@ -3,7 +3,8 @@ captured graph replayed on its own (no target forward), timed by CUDA events and
 torch.profiler, once with torch's topk and once with the two-pass top-k the drafters use on CUDA
 (`specbench.tree.top_k_rows`). The default model, bf16, its shipped drafters, greedy. On the GPU
 machine, from the repository root:
-    python3 experiments/gpu_draft_trace.py MODEL.gguf OUT_DIR
+    python3 experiments/gpu_draft_trace.py MODEL.gguf OUT_DIR [TOP_K ...]
+(TOP_K: torch_topk and/or two_pass, both by default)
 writes OUT_DIR/draft_steps.csv (per method and top-k: device ms and wall ms per replay, kernels
 per step) and OUT_DIR/draft_kernels.txt (each one's kernel table, 20 replays)."""
 from __future__ import annotations
@@ -46,11 +47,12 @@ def draft_call(model, method: str, options: dict):
     return lambda: step(tokens, raw, 100)
 
 
-def main(model_path: str, out: Path) -> None:
+def main(model_path: str, out: Path, top_ks: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = specbench.load_model(model_path, device="cuda", dtype="bfloat16")
     rows, tables = [], []
-    for (label, (method, options)), (top_name, top) in [(m, t) for t in TOP_K.items() for m in METHODS.items()]:
+    for (label, (method, options)), (top_name, top) in [(m, t) for t in TOP_K.items() if t[0] in top_ks
+                                                                    for m in METHODS.items()]:
         eagle.top_k_rows = medusa.top_k_rows = top
         call = draft_call(model, method, options)
         for _ in range(20):
@@ -85,4 +87,4 @@ def main(model_path: str, out: Path) -> None:
 
 if __name__ == "__main__":
     with torch.inference_mode():      # as generate runs: the captured graphs' buffers are inference tensors
-        main(sys.argv[1], Path(sys.argv[2]))
+        main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:] or list(TOP_K))
