@@ -92,14 +92,19 @@ def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
 
 TOPK_SLICE = 256     # columns per slice of two_pass_top_k's first pass
 SMALL_SORT = 4096    # the longest row CUDA sorts in shared memory (torch's in-place sort kernels)
+TWO_PASS_MAX = 8192  # the widest rows for which two_pass_top_k measured faster than topk on CUDA
 
 
 def top_k_rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest entries of each row of x [n, V] and their columns: `two_pass_top_k` on CUDA,
-    where one topk over a whole vocabulary was most of a drafting step (a multi-block radix select
-    of ~12 kernels for 49,152 columns, 50 us for 8,192; H200, docs/results/gpu_draft_vocab_h200/);
-    torch's topk on a CPU, where it is the faster (10 x 49,152, one thread: 0.6 against 4.8 ms)."""
-    return two_pass_top_k(x, k) if x.device.type == "cuda" else x.topk(k)
+    """The k largest entries of each row of x [n, V] and their columns. On CUDA, rows of up to
+    TWO_PASS_MAX columns (a draft vocabulary) go through `two_pass_top_k`: one EAGLE drafting step
+    took 0.263 against 0.377 ms with 8,192 draft tokens, EAGLE-3's (4,096) 0.253 against 0.314 ms,
+    while over the whole 49,152-token vocabulary it lost (EAGLE 0.530 against 0.473 ms, Medusa 0.135
+    against 0.086 ms; H200, `experiments/gpu_draft_trace.py`, docs/results/gpu_draft_step_h200/).
+    On a CPU torch's topk is the faster (10 x 49,152, one thread: 0.6 against 4.8 ms)."""
+    if x.device.type == "cuda" and x.shape[1] <= TWO_PASS_MAX:
+        return two_pass_top_k(x, k)
+    return x.topk(k)
 
 
 def two_pass_top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

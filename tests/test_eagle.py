@@ -97,6 +97,19 @@ def test_draft_vocab_drafts_only_frequent_tokens(target, trained, tree, monkeypa
     assert max(out.stats["accepted_lengths"]) >= 2
 
 
+def test_default_draft_vocab_applies_only_where_it_can(target, trained, monkeypatch):
+    """A device's default draft_vocab (CUDA's: 4,096) restricts a drafter that counted its training
+    tokens; a drafter without counts, or a tree that drafts more choices per node than the default
+    holds, drafts over the whole vocabulary instead of failing; EAGLE-3 keeps its own head."""
+    from specbench.strategies import eagle
+    monkeypatch.setitem(eagle.DEFAULTS, "cpu", {**eagle.DEFAULTS["cpu"], "draft_vocab": 6})
+    assert eagle.Eagle(target, drafter=trained).draft_vocab == 6
+    assert eagle.Eagle(target, drafter=trained, draft_top_k=7).draft_vocab is None
+    assert eagle.Eagle(target, drafter=trained, draft_vocab=9).draft_vocab == 9
+    assert eagle.Eagle(target, drafter=specbench.random_drafter(target, "eagle", seed=0)).draft_vocab is None
+    assert eagle.Eagle3(target, drafter=specbench.random_drafter(target, "eagle3", seed=0)).draft_vocab is None
+
+
 # ---- the drafted trees against a slow construction: fresh forwards, no cache reuse ------------------
 
 class SlowDraft:
