@@ -56,10 +56,11 @@ from ..tree import DraftTree, depths, top_k_rows
 # forward, 0.16 ms on the H200, and deeper levels are rarely accepted); experiments/gpu_defaults.yaml
 # then measured depth 3 faster still (0.98x against 0.94x, docs/results/gpu_defaults_h200/), and
 # experiments/gpu_draft_step.yaml a draft vocabulary of 4,096 tokens faster than the whole one
-# (1.04x against 0.93x with 2.31 against 2.36 tokens per step, docs/results/gpu_draft_step_h200/).
-# A default draft_vocab applies to drafters that counted their training tokens; others draft over
-# the whole vocabulary.
-DEFAULTS = {"cpu": {"depth": 3, "draft_top_k": 4, "total_tokens": 10, "draft_vocab": None},
+# (1.04x against 0.93x with 2.31 against 2.36 tokens per step, docs/results/gpu_draft_step_h200/),
+# as did experiments/cpu_eagle_vocab.yaml on the CPU (1.08x against 0.99x, a draft step of 12.5
+# against 20.3 ms; docs/results/cpu_eagle_vocab/). A default draft_vocab applies to drafters that
+# counted their training tokens; others draft over the whole vocabulary.
+DEFAULTS = {"cpu": {"depth": 3, "draft_top_k": 4, "total_tokens": 10, "draft_vocab": 4096},
             "cuda": {"depth": 3, "draft_top_k": 10, "total_tokens": 60, "draft_vocab": 4096}}
 MAX_NODES = BUCKETS[-1] - 1     # the root and the tree must fit the largest target forward
 
