@@ -1,7 +1,8 @@
 """What one drafting step of each learned drafter costs on CUDA, and in which kernels: the step's
 captured graph replayed on its own (no target forward), timed by CUDA events and traced by
-torch.profiler, once with torch's topk and once with the two-pass top-k the drafters use on CUDA
-(`specbench.tree.top_k_rows`). The default model, bf16, its shipped drafters, greedy. On the GPU
+torch.profiler, once with torch's topk and once with `specbench.tree.two_pass_top_k` for every
+row (the drafters' `top_k_rows` takes it on CUDA for draft vocabularies only, where this measured
+it faster). The default model, bf16, its shipped drafters, greedy. On the GPU
 machine, from the repository root:
     python3 experiments/gpu_draft_trace.py MODEL.gguf OUT_DIR [TOP_K ...]
 (TOP_K: torch_topk and/or two_pass, both by default)
@@ -20,13 +21,13 @@ from torch.profiler import ProfilerActivity, profile
 import specbench
 from specbench.drafters import resolve_drafter
 from specbench.strategies import eagle, medusa
-from specbench.tree import top_k_rows
+from specbench.tree import two_pass_top_k
 
 METHODS = {"eagle": ("eagle", {}), "eagle_vocab8192": ("eagle", {"draft_vocab": 8192}),
            "eagle_15": ("eagle", {"total_tokens": 15}), "eagle3": ("eagle3", {}), "medusa": ("medusa", {})}
 PROMPT = "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences."
 REPLAYS = 200
-TOP_K = {"torch_topk": lambda x, k: x.topk(k), "two_pass": top_k_rows}
+TOP_K = {"torch_topk": lambda x, k: x.topk(k), "two_pass": two_pass_top_k}
 
 
 def draft_call(model, method: str, options: dict):

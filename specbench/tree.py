@@ -101,7 +101,7 @@ def top_k_rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     took 0.263 against 0.377 ms with 8,192 draft tokens, EAGLE-3's (4,096) 0.253 against 0.314 ms,
     while over the whole 49,152-token vocabulary it lost (EAGLE 0.530 against 0.473 ms, Medusa 0.135
     against 0.086 ms; H200, `experiments/gpu_draft_trace.py`, docs/results/gpu_draft_step_h200/).
-    On a CPU torch's topk is the faster (10 x 49,152, one thread: 0.6 against 4.8 ms)."""
+    On a CPU torch's topk is kept: the two passes measured slower there."""
     if x.device.type == "cuda" and x.shape[1] <= TWO_PASS_MAX:
         return two_pass_top_k(x, k)
     return x.topk(k)

@@ -315,7 +315,6 @@ class Eagle(Proposer):
         vocab = model.args.vocab_size
         defaults = DEFAULTS.get(model.device.type, DEFAULTS["cuda"])
         settings = {**defaults, **given}
-        self.draft_vocab = draft_vocab if draft_vocab is not None or self.own_vocabulary else defaults["draft_vocab"]
         if settings["draft_top_k"] > vocab:
             raise SpecbenchError(f"draft_top_k must be at most the vocabulary size {vocab}, "
                                  f"got {settings['draft_top_k']}")
@@ -334,11 +333,12 @@ class Eagle(Proposer):
                 if len(paths) > MAX_NODES:
                     raise SpecbenchError(f"tree must hold at most {MAX_NODES} paths, got {len(paths)}")
             self.plan = StaticTree(paths)
-        if draft_vocab is None and self.draft_vocab is not None and \
-                (not self.drafter.token_counts.any() or self.draft_vocab < self.ranks()):
-            self.draft_vocab = None          # a default the drafter cannot take: the whole vocabulary
-        if self.draft_vocab is not None:
-            self.draft_vocab = self._check_draft_vocab(self.draft_vocab, vocab)
+        if draft_vocab is None and not self.own_vocabulary:
+            # the device's default, where the drafter can take it; else the whole vocabulary
+            default = defaults["draft_vocab"]
+            if default is not None and self.drafter.token_counts.any() and default >= self.ranks():
+                draft_vocab = default
+        self.draft_vocab = None if draft_vocab is None else self._check_draft_vocab(draft_vocab, vocab)
         self.tree_kind = tree if isinstance(tree, str) else "static"
         self.model = model
         self.max_nodes = self.plan.size
