@@ -5,9 +5,8 @@ would collide with the PyPI package of that name). Modules:
 
 * `matmul`: batch-invariant x W^T on fixed tiles (`matmul_reference`: float64).
 * `rmsnorm`: batch-invariant RMSNorm, a row per program (`rms_norm_reference`).
-* `skinny`: matrix products by small weights, a row at a time, each fused with the RMSNorm before
-  it or the SiLU gate / residual add after it (`skinny_linear_reference`): one-row products in
-  fast numerics, every row count in batch_invariant.
+* `skinny`: fast numerics' one-row matrix products by small weights, each fused with the RMSNorm
+  before it or the SiLU gate / residual add after it (`skinny_linear_reference`).
 * `attention`: `tree_attention` (numerics "fast") and `invariant_attention` (numerics
   "batch_invariant") over the live slots of a static cache, split over the context in fixed
   chunks (`attention_reference`).

@@ -15,12 +15,11 @@ Stages (all by default; each writes its CSV into OUTDIR, and summary.json sums t
 * ``timing`` (timing.csv): a decode step (one token, live length 200) in a 512-slot and a
   4,096-slot cache, both numerics modes, compiled graphs (goal: within 10%); the attention kernel
   alone at the same lengths, beside SDPA over the whole masked cache (the path it replaced).
-* ``skinny`` (skinny.csv): the fused products (`skinny_linear`: each of a layer's products with
-  its RMSNorm, SiLU gate or residual add) against their reference at the three models' shapes,
-  and their graph-replayed time with the weights read from memory beside cuBLAS's product alone,
-  for the chosen tiles and a sweep of others (`config` and `handles` are chosen from it); then at
-  4, 16 and 64 rows (batch_invariant numerics): each row's bits against the row alone, and the
-  time beside the unfused batch-invariant ops, for several rows per program.
+* ``skinny`` (skinny.csv): the fused one-row products of fast numerics (`skinny_linear`:
+  each of a layer's products with its RMSNorm, SiLU gate or residual add) against their reference
+  at the three models' shapes, and their graph-replayed time with the weights read from memory
+  beside cuBLAS's product alone, for the chosen tiles and a sweep of others (`config` and
+  `handles` are chosen from it).
 * ``splits`` (splits.csv): `tree_attention` with each split size (slots per program) at 1..64 new
   tokens and several live lengths, 50 calls captured in one CUDA graph so launch overhead does not
   hide the kernels' own time; the fast path's split size is chosen from it.
@@ -45,7 +44,6 @@ from .attention import attention_reference, invariant_attention, tree_attention
 from .matmul import matmul, matmul_reference
 from .rmsnorm import rms_norm, rms_norm_reference
 from .skinny import config as skinny_config
-from .skinny import MAX_K
 from .skinny import handles as skinny_handles
 from .skinny import skinny_linear, skinny_linear_reference
 
@@ -358,27 +356,25 @@ def split_checks(splits=(32, 64, 128, 256), news=(1, 4, 16, 64), lengths=(200, 5
 
 # ---- stage "skinny" ---------------------------------------------------------------------------
 
-SKINNY_SWEEP = [(bn, w) for bn in (2, 4, 8, 16) for w in (4, 8)]
-SKINNY_ROWS = (4, 16, 64)
-ROWS_PER_PROGRAM_SWEEP = (1, 2, 4, 8, 16)
+SKINNY_SWEEP = [(bn, bk, w) for bn in (4, 8, 16) for bk in (512, 1024, 2048) for w in (4, 8)]
 
 
-def skinny_cases(hidden, heads, kv_heads, hd, inter, vocab, dtype, device, rows=1):
-    """(name, (x, weight), kwargs) of every fused product of a layer and the LM head, for `rows` rows."""
+def skinny_cases(hidden, heads, kv_heads, hd, inter, vocab, dtype, device):
+    """(name, (x, weight), kwargs) of every fused product of a layer and the LM head, for one row."""
     def t(*shape, seed, scale=1.0):
         return _randn(*shape, dtype=dtype, device=device, seed=seed) * scale
     q = (heads + 2 * kv_heads) * hd
     norm = 1 + 0.1 * t(hidden, seed=5)
     return [
-        ("qkv+norm+bias", (3 * t(rows, hidden, seed=1), t(q, hidden, seed=2, scale=hidden ** -0.5)),
+        ("qkv+norm+bias", (3 * t(1, hidden, seed=1), t(q, hidden, seed=2, scale=hidden ** -0.5)),
          {"bias": t(q, seed=3), "norm_weight": norm, "eps": 1e-5}),
-        ("o+residual", (t(rows, heads * hd, seed=4), t(hidden, heads * hd, seed=6, scale=(heads * hd) ** -0.5)),
-         {"residual": t(rows, hidden, seed=7)}),
-        ("gate_up+norm+silu", (3 * t(rows, hidden, seed=8), t(2 * inter, hidden, seed=9, scale=hidden ** -0.5)),
+        ("o+residual", (t(1, heads * hd, seed=4), t(hidden, heads * hd, seed=6, scale=(heads * hd) ** -0.5)),
+         {"residual": t(1, hidden, seed=7)}),
+        ("gate_up+norm+silu", (3 * t(1, hidden, seed=8), t(2 * inter, hidden, seed=9, scale=hidden ** -0.5)),
          {"norm_weight": norm, "eps": 1e-5, "gated": True}),
-        ("down+residual", (t(rows, inter, seed=10), t(hidden, inter, seed=11, scale=inter ** -0.5)),
-         {"residual": t(rows, hidden, seed=12)}),
-        ("lm_head+norm", (3 * t(rows, hidden, seed=13), t(vocab, hidden, seed=14, scale=hidden ** -0.5)),
+        ("down+residual", (t(1, inter, seed=10), t(hidden, inter, seed=11, scale=inter ** -0.5)),
+         {"residual": t(1, hidden, seed=12)}),
+        ("lm_head+norm", (3 * t(1, hidden, seed=13), t(vocab, hidden, seed=14, scale=hidden ** -0.5)),
          {"norm_weight": norm, "eps": 1e-5}),
     ]
 
@@ -393,71 +389,32 @@ def _cold_graph_microseconds(call, weight: torch.Tensor, calls: int = 60) -> flo
     return _graph_microseconds(lambda: call(next(copies)), calls)
 
 
-def _unfused_invariant(x, w, bias=None, norm_weight=None, eps=0.0, residual=None, gated=False):
-    """The product as batch_invariant numerics ran it before the fused kernel took any row count:
-    the RMSNorm kernel, the tiled matmul, then SiLU gate and residual add as torch ops."""
-    y = matmul(x if norm_weight is None else rms_norm(x, norm_weight, eps), w, bias)
-    if gated:
-        gate, up = y.chunk(2, dim=-1)
-        y = torch.nn.functional.silu(gate) * up
-    return y if residual is None else residual + y
-
-
 def skinny_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.bfloat16, torch.float32),
-                  sweep: bool = True, row_counts=SKINNY_ROWS) -> list[dict]:
-    """The fused products of a layer at one row, including those `handles` leaves to cuBLAS (for the
-    record; K above MAX_K is outside the kernel), then at `row_counts` rows for the first model:
-    error, every row's bits against the row alone (batch invariance), and the time against the
-    unfused batch-invariant ops and cuBLAS's product alone."""
+                  sweep: bool = True) -> list[dict]:
+    """The fused products of a layer, including those `handles` leaves to cuBLAS (for the record)."""
     out = []
     for name, shape in models.items():
         for dtype in dtypes:
             if dtype == torch.float32 and name != next(iter(models)):
                 continue
             for what, (x, w), kwargs in skinny_cases(*shape, dtype, device):
-                n, k = (w.shape[0] // 2 if kwargs.get("gated") else w.shape[0]), w.shape[1]
-                row = {"stage": "skinny", "model": name, "what": what, "dtype": str(dtype), "rows": 1,
-                       "shape": f"{k}x{w.shape[0]}", "used_by_model": skinny_handles(1, w.shape[0], k),
+                got = skinny_linear(x, w, **kwargs)
+                err = rel_err(got, skinny_linear_reference(x, w, **kwargs))
+                n, k = got.shape[1], w.shape[1]
+                row = {"stage": "skinny", "model": name, "what": what, "dtype": str(dtype),
+                       "shape": f"{k}x{w.shape[0]}", "rel_err": err, "tol": TOL[dtype], "ok": err < TOL[dtype],
+                       "used_by_model": skinny_handles(1, w.shape[0], k),
                        "config": "x".join(map(str, skinny_config(n, k, kwargs.get("gated", False))))}
-                if k <= MAX_K:
-                    err = rel_err(skinny_linear(x, w, **kwargs), skinny_linear_reference(x, w, **kwargs))
-                    row.update(rel_err=err, tol=TOL[dtype], ok=err < TOL[dtype])
                 if device == "cuda" and dtype == torch.bfloat16:
-                    if k <= MAX_K:
-                        row["us_fused"] = round(_cold_graph_microseconds(lambda wc: skinny_linear(x, wc, **kwargs), w), 2)
+                    row["us_fused"] = round(_cold_graph_microseconds(lambda wc: skinny_linear(x, wc, **kwargs), w), 2)
                     row["us_cublas_product_alone"] = round(_cold_graph_microseconds(
                         lambda wc: torch.nn.functional.linear(x, wc, kwargs.get("bias")), w), 2)
-                    if sweep and k <= MAX_K:
-                        bk = skinny_config(n, k)[1]
+                    if sweep:
                         row["sweep_us"] = {f"{bn}x{bk}w{wp}": round(_cold_graph_microseconds(
                             lambda wc: skinny_linear(x, wc, **kwargs, block=(bn, bk, wp)), w), 2)
-                            for bn, wp in SKINNY_SWEEP}
+                            for bn, bk, wp in SKINNY_SWEEP if bk <= 2 * max(512, k)}
                 out.append(row)
                 print(row, flush=True)
-    name, shape = next(iter(models.items()))
-    for rows in row_counts:
-        for what, (x, w), kwargs in skinny_cases(*shape, torch.bfloat16, device, rows=rows):
-            if not skinny_handles(rows, w.shape[0], w.shape[1], "batch_invariant"):
-                continue
-            got = skinny_linear(x, w, **kwargs)
-            err = rel_err(got, skinny_linear_reference(x, w, **kwargs))
-            alone = [skinny_linear(x[i:i + 1], w, **{**kwargs, "residual": None if kwargs.get("residual") is None
-                                                      else kwargs["residual"][i:i + 1]}) for i in range(rows)]
-            invariant = torch.equal(torch.cat(alone), got)
-            row = {"stage": "skinny", "model": name, "what": what, "dtype": "torch.bfloat16", "rows": rows,
-                   "shape": f"{w.shape[1]}x{w.shape[0]}", "rel_err": err, "tol": TOL[torch.bfloat16],
-                   "bitwise_equal_to_rows_alone": invariant, "ok": err < TOL[torch.bfloat16] and invariant}
-            if device == "cuda":
-                row["us_fused"] = round(_cold_graph_microseconds(lambda wc: skinny_linear(x, wc, **kwargs), w), 2)
-                row["us_unfused_invariant"] = round(_cold_graph_microseconds(
-                    lambda wc: _unfused_invariant(x, wc, **kwargs), w), 2)
-                row["us_cublas_product_alone"] = round(_cold_graph_microseconds(
-                    lambda wc: torch.nn.functional.linear(x, wc, kwargs.get("bias")), w), 2)
-                row["rows_per_program_us"] = {rpp: round(_cold_graph_microseconds(
-                    lambda wc: skinny_linear(x, wc, **kwargs, rows_per_program=rpp), w), 2)
-                    for rpp in ROWS_PER_PROGRAM_SWEEP if rpp <= rows}
-            out.append(row)
-            print(row, flush=True)
     return out
 
 

@@ -1,4 +1,4 @@
-"""The small matrix products of a forward, each with its neighbours fused, one row at a time.
+"""The matrix products of a one-token forward (decoding), each with its neighbours fused.
 
 At batch 1 a decode step multiplies one row by each weight: the work is reading the weight, and for
 the default model's small layers cuBLAS took 3.7-3.9 us per product on an H200 whatever its size,
@@ -14,12 +14,9 @@ while the RMSNorm before it, the SiLU gate and the residual add after it were ke
   rounds each of those ops.
 * `residual` given: the product, rounded to the dtype, is added to it (x + Linear(...)).
 
-Each program owns BLOCK_N outputs and reads their weights over all of K once, then takes its rows
-(ROWS_PER_PROGRAM of them) one after another: multiply elementwise, sum once. One row needs no
-matrix unit, and every row runs the same instructions (the tiles depend on the weight's shape only,
-M is never specialised), so a row's bits do not depend on how many rows the call has: the kernel is
-batch-invariant. Numerics "fast" uses it for one row, "batch_invariant" for any number of rows
-(`handles`; specbench.numerics.fused_linear).
+Each program owns BLOCK_N outputs and walks K in BLOCK_K steps (no split-K, so no atomics and a
+fixed order), multiplying elementwise and summing once at the end: one row needs no matrix unit.
+Numerics "fast" uses it where `handles` says (specbench.numerics.fused_linear).
 """
 from __future__ import annotations
 
@@ -29,20 +26,17 @@ import triton.language as tl
 
 from ._common import check_dtype, emulate_dots, pad, rounded
 
-MAX_ROWS = 1            # fast numerics: rows up to which this kernel beats cuBLAS (gpu_check skinny)
-ROWS_PER_PROGRAM = 4
+MAX_ROWS = 1
 MAX_WEIGHT = 1 << 22    # elements: the default model's layers (the largest, gate/up, has 1.8 M)
 MAX_K = 2048
 
 
-def handles(rows: int, n: int, k: int, mode: str = "fast") -> bool:
-    """Whether a product of `rows` rows by an [n, k] weight runs here in numerics `mode` (in
-    "batch_invariant" every row count does, so that a row's bits never depend on it; the choice
-    then depends on the weight's shape only). Larger weights go to cuBLAS (fast) or the tiled
-    batch-invariant matmul, which stream them from memory faster than this kernel (7B layers and
-    LM heads, H200, weights read from memory: `gpu_check skinny`); what this kernel saves is a launch or two and the wait
+def handles(rows: int, n: int, k: int) -> bool:
+    """Whether a product of `rows` rows by an [n, k] weight runs here. Larger weights go to cuBLAS,
+    which streams them from memory faster than this kernel (7B layers and LM heads, H200, weights
+    read from memory: `gpu_check skinny`); what this kernel saves is a launch or two and the wait
     for memory once per product, which matters for small products only."""
-    return (mode == "batch_invariant" or rows <= MAX_ROWS) and n * k <= MAX_WEIGHT and k <= MAX_K
+    return rows <= MAX_ROWS and n * k <= MAX_WEIGHT and k <= MAX_K
 
 
 def config(n: int, k: int, gated: bool = False) -> tuple[int, int, int]:
@@ -58,56 +52,59 @@ def config(n: int, k: int, gated: bool = False) -> tuple[int, int, int]:
     return block_n, block_k, 4 if gated or block_n * block_k > 8192 else 8
 
 
-@triton.jit(do_not_specialize=["M", "ROWS"])
-def _skinny_kernel(X, W, B, NW, RES, OUT, M, N, K, stride_x, stride_res, stride_o, stride_wn, eps, ROWS,
+@triton.jit
+def _skinny_kernel(X, W, B, NW, RES, OUT, N, K, stride_wn, eps,
                    NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
                    EMULATE: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     dtype = OUT.dtype.element_ty
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
     col_ok = rn < N
-    rk = tl.arange(0, BK)
-    k_ok = rk < K
-    # the program's weights, read once (all of K: BK >= K), then kept for each of its rows
-    w_ok = col_ok[:, None] & k_ok[None, :]
-    w = tl.load(W + rn[:, None] * stride_wn + rk[None, :], mask=w_ok, other=0.0).to(tl.float32)
-    if GATED:
-        w_up = tl.load(W + (rn[:, None] + N) * stride_wn + rk[None, :], mask=w_ok, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(B + rn, mask=col_ok, other=0.0).to(tl.float32)
     if NORM:
-        norm_w = tl.load(NW + rk, mask=k_ok, other=0.0).to(tl.float32)
-    first = tl.program_id(1) * ROWS
-    # one row after another through the same instructions: a row's bits never depend on M
-    for row in range(first, tl.minimum(first + ROWS, M)):
-        x = tl.load(X + row * stride_x + rk, mask=k_ok, other=0.0).to(tl.float32)
+        sum_sq = tl.zeros((BK,), tl.float32)
+        for k0 in range(0, K, BK):
+            rk = k0 + tl.arange(0, BK)
+            x = tl.load(X + rk, mask=rk < K, other=0.0).to(tl.float32)
+            sum_sq += x * x
+        inv_rms = tl.rsqrt(tl.sum(sum_sq, axis=0) / K + eps)
+    # products summed per lane over the K steps, across lanes once at the end
+    acc = tl.zeros((BN, BK), tl.float32)
+    acc_up = tl.zeros((BN, BK), tl.float32)
+    for k0 in range(0, K, BK):
+        rk = k0 + tl.arange(0, BK)
+        k_ok = rk < K
+        x = tl.load(X + rk, mask=k_ok, other=0.0).to(tl.float32)
         if NORM:
-            inv_rms = tl.rsqrt(tl.sum(x * x, axis=0) / K + eps)
-            x = rounded(norm_w * rounded(x * inv_rms, dtype, EMULATE), dtype, EMULATE)
-        y = tl.sum(w * x[None, :], axis=1)
-        if HAS_BIAS:
-            y += bias
+            x = rounded(tl.load(NW + rk, mask=k_ok, other=0.0).to(tl.float32)
+                        * rounded(x * inv_rms, dtype, EMULATE), dtype, EMULATE)
+        w_ok = col_ok[:, None] & k_ok[None, :]
+        w = tl.load(W + rn[:, None] * stride_wn + rk[None, :], mask=w_ok, other=0.0)
+        acc += w.to(tl.float32) * x[None, :]
         if GATED:
-            gate = rounded(y, dtype, EMULATE)
-            up = rounded(tl.sum(w_up * x[None, :], axis=1), dtype, EMULATE)
-            y = rounded(gate * tl.sigmoid(gate), dtype, EMULATE) * up
-        if RESIDUAL:
-            y = rounded(y, dtype, EMULATE) + tl.load(RES + row * stride_res + rn, mask=col_ok, other=0.0).to(tl.float32)
-        tl.store(OUT + row * stride_o + rn, rounded(y, dtype, EMULATE).to(dtype), mask=col_ok)
+            w = tl.load(W + (rn[:, None] + N) * stride_wn + rk[None, :], mask=w_ok, other=0.0)
+            acc_up += w.to(tl.float32) * x[None, :]
+    y = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        y += tl.load(B + rn, mask=col_ok, other=0.0).to(tl.float32)
+    if GATED:
+        gate = rounded(y, dtype, EMULATE)
+        y = rounded(gate * tl.sigmoid(gate), dtype, EMULATE) * rounded(tl.sum(acc_up, axis=1), dtype, EMULATE)
+    if RESIDUAL:
+        y = rounded(y, dtype, EMULATE) + tl.load(RES + rn, mask=col_ok, other=0.0).to(tl.float32)
+    tl.store(OUT + rn, rounded(y, dtype, EMULATE).to(dtype), mask=col_ok)
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   norm_weight: torch.Tensor | None = None, eps: float = 0.0,
                   residual: torch.Tensor | None = None, gated: bool = False,
-                  block: tuple[int, int, int] | None = None, rows_per_program: int | None = None) -> torch.Tensor:
-    """x [M, K] through the fused product described above -> [M, N] in x's dtype (N = weight's
-    rows, or half of them when `gated`). `block` overrides `config` and `rows_per_program`
-    ROWS_PER_PROGRAM (measurements); neither changes which instructions compute a row."""
+                  block: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """x [1, K] through the fused product described above -> [1, N] in x's dtype (N = weight's
+    rows, or half of them when `gated`). `block` overrides `config` (measurements)."""
     operands = [x, weight] + [t for t in (bias, norm_weight, residual) if t is not None]
     check_dtype(*operands)
     (M, K), rows = x.shape, weight.shape[0]
-    if weight.shape[1] != K or K > MAX_K:
+    if M > MAX_ROWS or weight.shape[1] != K:
         raise ValueError(f"skinny_linear: x [{M}, {K}] against weight {list(weight.shape)} "
-                         f"(matching columns, at most {MAX_K})")
+                         f"(one row, matching columns)")
     if gated and (rows % 2 or bias is not None):
         raise ValueError("skinny_linear: a gated product takes [gate; up] weights (an even row count) "
                          "and no bias")
@@ -121,13 +118,9 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     residual = None if residual is None else residual.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     block_n, block_k, warps = block or config(N, K, gated)
-    if block_k < K:
-        raise ValueError(f"skinny_linear: BLOCK_K {block_k} < K {K}: a program reads all of K at once")
-    per_program = rows_per_program or ROWS_PER_PROGRAM
-    _skinny_kernel[(triton.cdiv(N, block_n), triton.cdiv(M, per_program))](
+    _skinny_kernel[(triton.cdiv(N, block_n),)](
         x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight,
-        x if residual is None else residual, out, M, N, K, x.stride(0),
-        0 if residual is None else residual.stride(0), out.stride(0), weight.stride(0), eps, per_program,
+        x if residual is None else residual, out, N, K, weight.stride(0), eps,
         NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
         EMULATE=emulate_dots(), BN=block_n, BK=block_k, num_warps=warps)
     return out

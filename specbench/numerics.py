@@ -71,8 +71,8 @@ def fused_linear(x: torch.Tensor, layer: nn.Linear, mode: str, norm: nn.Module |
                  residual: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
     """[residual +] layer(norm(x)), with `gated`: SiLU(gate) * up of the layer's two halves.
 
-    Fast numerics on CUDA, for a few rows by a small weight (`skinny.handles`) and without
-    autograd, run it as one Triton kernel (specbench_kernels.skinny: such products cost latency,
+    Fast numerics on CUDA, for one row by a small weight (`skinny.handles`) and without autograd,
+    run it as one Triton kernel (specbench_kernels.skinny: a decode step's products cost latency,
     not arithmetic, so the norm and the epilogue ride along); otherwise the ops run one by one in
     `mode`.
     """

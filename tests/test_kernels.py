@@ -62,7 +62,7 @@ def test_rms_norm_matches_reference_and_is_batch_invariant(dtype, dim):
         assert torch.equal(rms_norm(x[i:i + 1], w, 1e-5), full[i:i + 1])
 
 
-# ---- fused products (fast numerics: one row; batch_invariant: any rows) ----------------------
+# ---- fused one-row products (fast numerics) ---------------------------------------------------
 
 SKINNY_FUSIONS = {
     "plain": {},
@@ -73,44 +73,28 @@ SKINNY_FUSIONS = {
 }
 
 
-def skinny_case(dtype, fusion, k=80, n=50, rows=1):
-    """x [rows, k], a weight of n (or 2n, gated) rows and the fusion's operands; k, n not multiples
+def skinny_case(dtype, fusion, k=80, n=50):
+    """x [1, k], a weight of n (or 2n, gated) rows and the fusion's operands; k, n not multiples
     of any tile side."""
     f = SKINNY_FUSIONS[fusion]
-    x, w = 3 * randn(rows, k, dtype=dtype), randn(2 * n if f.get("gated") else n, k, dtype=dtype, seed=1) / k ** 0.5
+    x, w = 3 * randn(1, k, dtype=dtype), randn(2 * n if f.get("gated") else n, k, dtype=dtype, seed=1) / k ** 0.5
     kwargs = {"gated": bool(f.get("gated")),
               "bias": randn(n, dtype=dtype, seed=2) if f.get("bias") else None,
               "norm_weight": 1 + 0.1 * randn(k, dtype=dtype, seed=3) if f.get("norm") else None, "eps": 1e-5,
-              "residual": randn(rows, n, dtype=dtype, seed=4) if f.get("residual") else None}
+              "residual": randn(1, n, dtype=dtype, seed=4) if f.get("residual") else None}
     return x, w, kwargs
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fusion", list(SKINNY_FUSIONS))
 def test_skinny_linear_matches_reference(dtype, fusion):
-    """Each fusion over 1 and 6 rows, with the chosen tiles and with others (more column blocks,
-    ragged edges, rows split over programs unevenly)."""
-    for rows in (1, 6):
-        x, w, kwargs = skinny_case(dtype, fusion, rows=rows)
-        ref = skinny_linear_reference(x, w, **kwargs)
-        assert ref.shape == (rows, 50)
-        for block, per_program in ((None, None), ((16, 128, 4), 4)):
-            got = skinny_linear(x, w, block=block, rows_per_program=per_program, **kwargs)
-            assert rel_err(got, ref) < TOL[dtype]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("fusion", ["norm+bias", "gated+residual"])
-def test_skinny_linear_rows_are_batch_invariant(dtype, fusion):
-    """A row's bits depend neither on how many rows the call has, nor on where the row sits, nor on
-    how rows are shared among programs: what batch_invariant numerics relies on."""
-    x, w, kwargs = skinny_case(dtype, fusion, rows=9)
-    full = skinny_linear(x, w, **kwargs)
-    for i in (0, 4, 8):
-        alone = {**kwargs, "residual": None if kwargs["residual"] is None else kwargs["residual"][i:i + 1]}
-        for per_program in (1, 3, 16):
-            assert torch.equal(skinny_linear(x[i:i + 1], w, rows_per_program=per_program, **alone), full[i:i + 1])
-    assert torch.equal(skinny_linear(x, w, rows_per_program=2, **kwargs), full)
+    """Each fusion, with the chosen tiles and with small ones (several K steps and column blocks,
+    ragged edges)."""
+    x, w, kwargs = skinny_case(dtype, fusion)
+    ref = skinny_linear_reference(x, w, **kwargs)
+    assert ref.shape == (1, 50)
+    for block in (None, (16, 32, 4)):
+        assert rel_err(skinny_linear(x, w, block=block, **kwargs), ref) < TOL[dtype]
 
 
 def test_skinny_linear_reference_catches_a_missing_fusion():
@@ -122,13 +106,9 @@ def test_skinny_linear_reference_catches_a_missing_fusion():
 
 
 def test_skinny_linear_refuses_bad_operands():
-    x, w = randn(2, 8), randn(6, 8, seed=1)
-    with pytest.raises(ValueError, match="matching columns"):
-        skinny_linear(x, w[:, :7])
-    with pytest.raises(ValueError, match="at most"):
-        skinny_linear(randn(1, skinny.MAX_K + 1), randn(2, skinny.MAX_K + 1))
-    with pytest.raises(ValueError, match="BLOCK_K"):
-        skinny_linear(x, w, block=(4, 4, 4))
+    x, w = randn(MAX_ROWS + 1, 8), randn(6, 8, seed=1)
+    with pytest.raises(ValueError, match="one row"):
+        skinny_linear(x, w)
     with pytest.raises(ValueError, match="gated"):
         skinny_linear(x[:1], w, bias=randn(3), gated=True)
     with pytest.raises(ValueError, match="residual"):
@@ -141,8 +121,7 @@ def test_skinny_linear_refuses_bad_operands():
 
 def test_fused_linear_takes_the_kernel_only_without_autograd(kernels_on_cpu, monkeypatch):
     """Fast numerics on kernels: one row by a small weight runs the fused kernel; under autograd
-    (training a draft), past MAX_ROWS rows or past MAX_WEIGHT the PyTorch ops run. Batch-invariant
-    numerics run it for any number of rows."""
+    (training a draft), past MAX_ROWS rows or past MAX_WEIGHT the PyTorch ops run."""
     layer = torch.nn.Linear(24, 10, bias=False)
     norm = specbench.model.RMSNorm(24, 1e-5)
     x = randn(MAX_ROWS, 24)
@@ -157,8 +136,6 @@ def test_fused_linear_takes_the_kernel_only_without_autograd(kernels_on_cpu, mon
     many = randn(MAX_ROWS + 1, 24)
     with torch.no_grad():
         assert torch.equal(numerics.fused_linear(many, layer, "fast", norm=norm), layer(norm(many)))
-        assert torch.equal(numerics.fused_linear(many, layer, "batch_invariant", norm=norm),
-                           skinny_linear(many, layer.weight, norm_weight=norm.weight, eps=1e-5))
         identity = numerics.fused_linear(x, layer, "fast", norm=torch.nn.Identity())   # EAGLE's layer
         assert torch.equal(identity, skinny_linear(x, layer.weight))
         monkeypatch.setattr(skinny, "MAX_WEIGHT", 239)    # this layer has 240 weights: cuBLAS's size now
@@ -249,9 +226,8 @@ def test_key_table_lists_each_tokens_ancestors_by_depth():
 
 def test_gpu_check_skinny_stage_runs_at_small_shapes():
     """The GPU check's fused-product stage, interpreted at tiny shapes: every check passes."""
-    rows = gpu_check.skinny_checks({"tiny": (32, 6, 2, 16, 48, 100)}, "cpu", row_counts=(5,))
-    assert len(rows) == 2 * 5 + 5 and all(r["ok"] for r in rows), \
-        [r for r in rows if not r["ok"]]
+    rows = gpu_check.skinny_checks({"tiny": (32, 6, 2, 16, 48, 100)}, "cpu")
+    assert len(rows) == 2 * 5 and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
 
 
 def test_gpu_check_kernel_stage_runs_at_small_shapes(tmp_path):
@@ -281,9 +257,8 @@ for dt in ("bf16", "fp32"):
               {"HAS_BIAS": True, "EMULATE": False, "BM": 64, "BN": 64, "BK": 64})
     assert ("wgmma" in k.asm["ptx"]) == (dt == "bf16")        # tensor cores for bf16; exact fp32 FMAs
     build(sk._skinny_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt, "RES": "*" + dt,
-          "OUT": "*" + dt, "eps": "fp32", **ints("M", "N", "K", "stride_x", "stride_res", "stride_o", "stride_wn",
-                                                  "ROWS")},
-          {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False, "BN": 8, "BK": 1024})
+          "OUT": "*" + dt, "eps": "fp32", **ints("N", "K", "stride_wn")},
+          {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False, "BN": 8, "BK": 512})
     build(rn._rms_norm_kernel, {"X": "*" + dt, "W": "*" + dt, "OUT": "*" + dt, "eps": "fp32",
           **ints("D", "stride_x", "stride_o")}, {"BLOCK": 1024})
     common = {"Q": "*" + dt, "K": "*" + dt, "V": "*" + dt, "START": "*i64", "PM": "*fp32", "PL": "*fp32",
