@@ -15,11 +15,11 @@ Stages (all by default; each writes its CSV into OUTDIR, and summary.json sums t
 * ``timing`` (timing.csv): a decode step (one token, live length 200) in a 512-slot and a
   4,096-slot cache, both numerics modes, compiled graphs (goal: within 10%); the attention kernel
   alone at the same lengths, beside SDPA over the whole masked cache (the path it replaced).
-* ``skinny`` (skinny.csv): the fused products of fast numerics (`skinny_linear`: each of a
-  layer's products with its RMSNorm, SiLU gate or residual add) over 1, 4, 16 and 64 rows against
-  their reference at the three models' shapes, and their graph-replayed time with the weights read
-  from memory beside cuBLAS's product alone and torch's unfused ops, for the chosen tiles and a
-  sweep of others (`config`, `rows_config` and `handles` are chosen from it).
+* ``skinny`` (skinny.csv): the fused one-row products of fast numerics (`skinny_linear`:
+  each of a layer's products with its RMSNorm, SiLU gate or residual add) against their reference
+  at the three models' shapes, and their graph-replayed time with the weights read from memory
+  beside cuBLAS's product alone, for the chosen tiles and a sweep of others (`config` and
+  `handles` are chosen from it).
 * ``splits`` (splits.csv): `tree_attention` with each split size (slots per program) at 1..64 new
   tokens and several live lengths, 50 calls captured in one CUDA graph so launch overhead does not
   hide the kernels' own time; the fast path's split size is chosen from it.
@@ -39,14 +39,12 @@ import time
 from pathlib import Path
 
 import torch
-import triton
 
 from .attention import attention_reference, invariant_attention, tree_attention
 from .matmul import matmul, matmul_reference
 from .rmsnorm import rms_norm, rms_norm_reference
 from .skinny import config as skinny_config
 from .skinny import handles as skinny_handles
-from .skinny import rows_config as skinny_rows_config
 from .skinny import skinny_linear, skinny_linear_reference
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -359,26 +357,24 @@ def split_checks(splits=(32, 64, 128, 256), news=(1, 4, 16, 64), lengths=(200, 5
 # ---- stage "skinny" ---------------------------------------------------------------------------
 
 SKINNY_SWEEP = [(bn, bk, w) for bn in (4, 8, 16) for bk in (512, 1024, 2048) for w in (4, 8)]
-ROWS_SWEEP = [(bn, bk, w) for bn in (16, 32) for bk in (128, 256, 512, 1024, 2048) for w in (4, 8)]
-SKINNY_ROWS = (1, 4, 16, 64)     # one token and the graph buckets the fused kernel takes
 
 
-def skinny_cases(hidden, heads, kv_heads, hd, inter, vocab, dtype, device, rows: int = 1):
-    """(name, (x, weight), kwargs) of every fused product of a layer and the LM head, for `rows` rows."""
+def skinny_cases(hidden, heads, kv_heads, hd, inter, vocab, dtype, device):
+    """(name, (x, weight), kwargs) of every fused product of a layer and the LM head, for one row."""
     def t(*shape, seed, scale=1.0):
         return _randn(*shape, dtype=dtype, device=device, seed=seed) * scale
     q = (heads + 2 * kv_heads) * hd
     norm = 1 + 0.1 * t(hidden, seed=5)
     return [
-        ("qkv+norm+bias", (3 * t(rows, hidden, seed=1), t(q, hidden, seed=2, scale=hidden ** -0.5)),
+        ("qkv+norm+bias", (3 * t(1, hidden, seed=1), t(q, hidden, seed=2, scale=hidden ** -0.5)),
          {"bias": t(q, seed=3), "norm_weight": norm, "eps": 1e-5}),
-        ("o+residual", (t(rows, heads * hd, seed=4), t(hidden, heads * hd, seed=6, scale=(heads * hd) ** -0.5)),
-         {"residual": t(rows, hidden, seed=7)}),
-        ("gate_up+norm+silu", (3 * t(rows, hidden, seed=8), t(2 * inter, hidden, seed=9, scale=hidden ** -0.5)),
+        ("o+residual", (t(1, heads * hd, seed=4), t(hidden, heads * hd, seed=6, scale=(heads * hd) ** -0.5)),
+         {"residual": t(1, hidden, seed=7)}),
+        ("gate_up+norm+silu", (3 * t(1, hidden, seed=8), t(2 * inter, hidden, seed=9, scale=hidden ** -0.5)),
          {"norm_weight": norm, "eps": 1e-5, "gated": True}),
-        ("down+residual", (t(rows, inter, seed=10), t(hidden, inter, seed=11, scale=inter ** -0.5)),
-         {"residual": t(rows, hidden, seed=12)}),
-        ("lm_head+norm", (3 * t(rows, hidden, seed=13), t(vocab, hidden, seed=14, scale=hidden ** -0.5)),
+        ("down+residual", (t(1, inter, seed=10), t(hidden, inter, seed=11, scale=inter ** -0.5)),
+         {"residual": t(1, hidden, seed=12)}),
+        ("lm_head+norm", (3 * t(1, hidden, seed=13), t(vocab, hidden, seed=14, scale=hidden ** -0.5)),
          {"norm_weight": norm, "eps": 1e-5}),
     ]
 
@@ -393,68 +389,32 @@ def _cold_graph_microseconds(call, weight: torch.Tensor, calls: int = 60) -> flo
     return _graph_microseconds(lambda: call(next(copies)), calls)
 
 
-def _timed_or_error(call, weight: torch.Tensor) -> float | str:
-    """`_cold_graph_microseconds`, or the error's first line where the tiles do not compile (a
-    sweep may ask for more shared memory than the GPU has)."""
-    try:
-        return round(_cold_graph_microseconds(call, weight), 2)
-    except Exception as e:      # noqa: BLE001 (recorded in the CSV, the sweep goes on)
-        return f"error: {str(e).splitlines()[0][:80]}"
-
-
-def _unfused(x, w, bias=None, norm_weight=None, eps=0.0, residual=None, gated=False):
-    """The product as fast numerics runs it past the fused kernel: torch's ops (cuBLAS and
-    elementwise kernels; the compiled model lets inductor fuse the elementwise ones)."""
-    if norm_weight is not None:
-        xf = x.float()
-        x = norm_weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    y = torch.nn.functional.linear(x, w, bias)
-    if gated:
-        gate, up = y.chunk(2, dim=-1)
-        y = torch.nn.functional.silu(gate) * up
-    return y if residual is None else residual + y
-
-
 def skinny_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.bfloat16, torch.float32),
-                  sweep: bool = True, row_counts: tuple[int, ...] = SKINNY_ROWS) -> list[dict]:
-    """The fused products of a layer at each row count, including those `handles` leaves to cuBLAS
-    (one row, for the record); several rows only where the model uses the kernel."""
+                  sweep: bool = True) -> list[dict]:
+    """The fused products of a layer, including those `handles` leaves to cuBLAS (for the record)."""
     out = []
     for name, shape in models.items():
         for dtype in dtypes:
             if dtype == torch.float32 and name != next(iter(models)):
                 continue
-            for rows in row_counts:
-                for what, (x, w), kwargs in skinny_cases(*shape, dtype, device, rows):
-                    n, k = w.shape[0] // (2 if kwargs.get("gated") else 1), w.shape[1]
-                    used = skinny_handles(rows, w.shape[0], k)
-                    if rows > 1 and not used:
-                        continue
-                    got = skinny_linear(x, w, **kwargs)
-                    err = rel_err(got, skinny_linear_reference(x, w, **kwargs))
-                    gated = kwargs.get("gated", False)
-                    row = {"stage": "skinny", "model": name, "what": what, "dtype": str(dtype), "rows": rows,
-                           "shape": f"{k}x{w.shape[0]}", "rel_err": err, "tol": TOL[dtype], "ok": err < TOL[dtype],
-                           "used_by_model": used,
-                           "config": "x".join(map(str, skinny_config(n, k, gated) if rows == 1
-                                                  else skinny_rows_config(rows, n, k, gated)))}
-                    if device == "cuda" and dtype == torch.bfloat16:
-                        row["us_fused"] = round(_cold_graph_microseconds(lambda wc: skinny_linear(x, wc, **kwargs), w), 2)
-                        row["us_cublas_product_alone"] = round(_cold_graph_microseconds(
-                            lambda wc: torch.nn.functional.linear(x, wc, kwargs.get("bias")), w), 2)
-                        row["us_unfused_ops"] = round(_cold_graph_microseconds(
-                            lambda wc: _unfused(x, wc, **kwargs), w), 2)
-                        if sweep and rows == 1:
-                            row["sweep_us"] = {f"{bn}x{bk}w{wp}": round(_cold_graph_microseconds(
-                                lambda wc: skinny_linear(x, wc, **kwargs, block=(bn, bk, wp)), w), 2)
-                                for bn, bk, wp in SKINNY_SWEEP if bk <= 2 * max(512, k)}
-                        elif sweep:
-                            bm = skinny_rows_config(rows, n, k, gated)[0]
-                            row["sweep_us"] = {f"{bm}x{bn}x{bk}w{wp}": _timed_or_error(
-                                lambda wc: skinny_linear(x, wc, **kwargs, block=(bm, bn, bk, wp)), w)
-                                for bn, bk, wp in ROWS_SWEEP if bk <= max(128, triton.next_power_of_2(k))}
-                    out.append(row)
-                    print(row, flush=True)
+            for what, (x, w), kwargs in skinny_cases(*shape, dtype, device):
+                got = skinny_linear(x, w, **kwargs)
+                err = rel_err(got, skinny_linear_reference(x, w, **kwargs))
+                n, k = got.shape[1], w.shape[1]
+                row = {"stage": "skinny", "model": name, "what": what, "dtype": str(dtype),
+                       "shape": f"{k}x{w.shape[0]}", "rel_err": err, "tol": TOL[dtype], "ok": err < TOL[dtype],
+                       "used_by_model": skinny_handles(1, w.shape[0], k),
+                       "config": "x".join(map(str, skinny_config(n, k, kwargs.get("gated", False))))}
+                if device == "cuda" and dtype == torch.bfloat16:
+                    row["us_fused"] = round(_cold_graph_microseconds(lambda wc: skinny_linear(x, wc, **kwargs), w), 2)
+                    row["us_cublas_product_alone"] = round(_cold_graph_microseconds(
+                        lambda wc: torch.nn.functional.linear(x, wc, kwargs.get("bias")), w), 2)
+                    if sweep:
+                        row["sweep_us"] = {f"{bn}x{bk}w{wp}": round(_cold_graph_microseconds(
+                            lambda wc: skinny_linear(x, wc, **kwargs, block=(bn, bk, wp)), w), 2)
+                            for bn, bk, wp in SKINNY_SWEEP if bk <= 2 * max(512, k)}
+                out.append(row)
+                print(row, flush=True)
     return out
 
 

@@ -14,12 +14,8 @@ while the RMSNorm before it, the SiLU gate and the residual add after it were ke
   rounds each of those ops.
 * `residual` given: the product, rounded to the dtype, is added to it (x + Linear(...)).
 
-One row: each program owns BLOCK_N outputs and walks K in BLOCK_K steps (no split-K, so no
-atomics and a fixed order), multiplying elementwise and summing once at the end: one row needs no
-matrix unit. Two to MAX_ROWS rows (a verification forward: a tree, a lookahead window, a bucket of
-4, 16 or 64 tokens): each program owns a tile of up to 64 rows by BLOCK_N outputs and multiplies on
-the tensor cores (tl.dot), so every weight is read once whatever the row count. A row's bits then
-depend on its tile (fast numerics only; batch_invariant keeps the fixed tiles of matmul.py).
+Each program owns BLOCK_N outputs and walks K in BLOCK_K steps (no split-K, so no atomics and a
+fixed order), multiplying elementwise and summing once at the end: one row needs no matrix unit.
 Numerics "fast" uses it where `handles` says (specbench.numerics.fused_linear).
 """
 from __future__ import annotations
@@ -28,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, dot, emulate_dots, pad, rounded
+from ._common import check_dtype, emulate_dots, pad, rounded
 
-MAX_ROWS = 64           # the 64-token graph bucket; prefill chunks and larger buckets go to cuBLAS
+MAX_ROWS = 1
 MAX_WEIGHT = 1 << 22    # elements: the default model's layers (the largest, gate/up, has 1.8 M)
 MAX_K = 2048
 
@@ -54,16 +50,6 @@ def config(n: int, k: int, gated: bool = False) -> tuple[int, int, int]:
     block_k = min(pad(k), MAX_K)
     block_n = 8 if k > 1024 else 4
     return block_n, block_k, 4 if gated or block_n * block_k > 8192 else 8
-
-
-def rows_config(m: int, n: int, k: int, gated: bool = False) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) for m >= 2 rows: one row tile (tl.dot needs sides of
-    at least 16), the thinnest column tiles tl.dot takes, so that the small weights spread over
-    as many programs as they can, and few K steps, so that a program issues its loads together
-    (session 22's tiles of 32 columns walking K 64 at a time lost to cuBLAS:
-    docs/results/gpu_skinny_rows_h200/)."""
-    block_m = min(pad(m), 64)
-    return block_m, 16, min(pad(k), 1024 if block_m <= 16 else 256), 4
 
 
 @triton.jit
@@ -107,64 +93,18 @@ def _skinny_kernel(X, W, B, NW, RES, OUT, N, K, stride_wn, eps,
     tl.store(OUT + rn, rounded(y, dtype, EMULATE).to(dtype), mask=col_ok)
 
 
-@triton.jit
-def _skinny_rows_kernel(X, W, B, NW, RES, OUT, M, N, K, stride_wn, eps,
-                        NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                        EMULATE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """The same fusion for a [BM, BN] tile of outputs: rows in parallel, products on tl.dot."""
-    dtype = OUT.dtype.element_ty
-    rm = tl.program_id(1) * BM + tl.arange(0, BM)
-    rn = tl.program_id(0) * BN + tl.arange(0, BN)
-    row_ok, col_ok = rm < M, rn < N
-    if NORM:
-        sum_sq = tl.zeros((BM, BK), tl.float32)
-        for k0 in range(0, K, BK):
-            rk = k0 + tl.arange(0, BK)
-            x = tl.load(X + rm[:, None] * K + rk[None, :], mask=row_ok[:, None] & (rk < K)[None, :], other=0.0)
-            sum_sq += x.to(tl.float32) * x.to(tl.float32)
-        inv_rms = tl.rsqrt(tl.sum(sum_sq, axis=1) / K + eps)
-    acc = tl.zeros((BM, BN), tl.float32)
-    acc_up = tl.zeros((BM, BN), tl.float32)
-    for k0 in range(0, K, BK):
-        rk = k0 + tl.arange(0, BK)
-        k_ok = rk < K
-        x = tl.load(X + rm[:, None] * K + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if NORM:
-            nw = tl.load(NW + rk, mask=k_ok, other=0.0).to(tl.float32)
-            x = rounded(nw[None, :] * rounded(x.to(tl.float32) * inv_rms[:, None], dtype, EMULATE),
-                        dtype, EMULATE).to(dtype)
-        w_ok = k_ok[:, None] & col_ok[None, :]
-        w = tl.load(W + rn[None, :] * stride_wn + rk[:, None], mask=w_ok, other=0.0)
-        acc = dot(x, w, acc, EMULATE)
-        if GATED:
-            w = tl.load(W + (rn[None, :] + N) * stride_wn + rk[:, None], mask=w_ok, other=0.0)
-            acc_up = dot(x, w, acc_up, EMULATE)
-    y = acc
-    if HAS_BIAS:
-        y += tl.load(B + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if GATED:
-        gate = rounded(y, dtype, EMULATE)
-        y = rounded(gate * tl.sigmoid(gate), dtype, EMULATE) * rounded(acc_up, dtype, EMULATE)
-    out_at = rm[:, None] * N + rn[None, :]
-    out_ok = row_ok[:, None] & col_ok[None, :]
-    if RESIDUAL:
-        y = rounded(y, dtype, EMULATE) + tl.load(RES + out_at, mask=out_ok, other=0.0).to(tl.float32)
-    tl.store(OUT + out_at, rounded(y, dtype, EMULATE).to(dtype), mask=out_ok)
-
-
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   norm_weight: torch.Tensor | None = None, eps: float = 0.0,
                   residual: torch.Tensor | None = None, gated: bool = False,
-                  block: tuple[int, ...] | None = None) -> torch.Tensor:
-    """x [M, K] (M <= MAX_ROWS) through the fused product described above -> [M, N] in x's dtype
-    (N = weight's rows, or half of them when `gated`). `block` overrides `config` for one row and
-    `rows_config` for more (measurements)."""
+                  block: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """x [1, K] through the fused product described above -> [1, N] in x's dtype (N = weight's
+    rows, or half of them when `gated`). `block` overrides `config` (measurements)."""
     operands = [x, weight] + [t for t in (bias, norm_weight, residual) if t is not None]
     check_dtype(*operands)
     (M, K), rows = x.shape, weight.shape[0]
     if M > MAX_ROWS or weight.shape[1] != K:
         raise ValueError(f"skinny_linear: x [{M}, {K}] against weight {list(weight.shape)} "
-                         f"(at most {MAX_ROWS} rows, matching columns)")
+                         f"(one row, matching columns)")
     if gated and (rows % 2 or bias is not None):
         raise ValueError("skinny_linear: a gated product takes [gate; up] weights (an even row count) "
                          "and no bias")
@@ -177,19 +117,12 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     x, weight = x.contiguous(), weight.contiguous()
     residual = None if residual is None else residual.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    operands = (x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight,
-                x if residual is None else residual, out)
-    flags = dict(NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None,
-                 HAS_BIAS=bias is not None, EMULATE=emulate_dots())
-    if M == 1:
-        block_n, block_k, warps = block or config(N, K, gated)
-        _skinny_kernel[(triton.cdiv(N, block_n),)](*operands, N, K, weight.stride(0), eps, **flags,
-                                                   BN=block_n, BK=block_k, num_warps=warps)
-    else:
-        block_m, block_n, block_k, warps = block or rows_config(M, N, K, gated)
-        _skinny_rows_kernel[(triton.cdiv(N, block_n), triton.cdiv(M, block_m))](
-            *operands, M, N, K, weight.stride(0), eps, **flags, BM=block_m, BN=block_n, BK=block_k,
-            num_warps=warps, num_stages=1 if block_k >= K else 2)
+    block_n, block_k, warps = block or config(N, K, gated)
+    _skinny_kernel[(triton.cdiv(N, block_n),)](
+        x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight,
+        x if residual is None else residual, out, N, K, weight.stride(0), eps,
+        NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
+        EMULATE=emulate_dots(), BN=block_n, BK=block_k, num_warps=warps)
     return out
 
 

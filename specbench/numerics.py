@@ -11,7 +11,7 @@ nonlinearity through this module, which picks, per mode and device:
 | CPU RMSNorm | `RMSNorm` (torch) | the same: row-invariant as it is (measured, tests/test_numerics.py) |
 | CPU SiLU | `F.silu` | `F.silu` row by row |
 | CPU attention | `sdpa` over slots [0, start + n), masked (on an empty cache: causal) | per token, its keys in position order |
-| CUDA matmul / RMSNorm | up to 64 rows by a small weight: one Triton kernel per product with its norm or gate / residual (`fused_linear`); otherwise cuBLAS / torch (fused by torch.compile) | Triton, fixed tiles (specbench_kernels) |
+| CUDA matmul / RMSNorm | one row by a small weight: one Triton kernel per product with its norm or gate / residual (`fused_linear`); otherwise cuBLAS / torch (fused by torch.compile) | Triton, fixed tiles (specbench_kernels) |
 | CUDA attention | Triton over the live slots only | Triton, per token in position order |
 
 Why each CPU choice (measured on this repository's machine, torch 2.13 with MKL / oneDNN): an
@@ -71,10 +71,10 @@ def fused_linear(x: torch.Tensor, layer: nn.Linear, mode: str, norm: nn.Module |
                  residual: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
     """[residual +] layer(norm(x)), with `gated`: SiLU(gate) * up of the layer's two halves.
 
-    Fast numerics on CUDA, for up to 64 rows by a small weight (`skinny.handles`) and without
-    autograd, run it as one Triton kernel (specbench_kernels.skinny: the products of a decode step
-    or a verification forward cost latency, not arithmetic, so the norm and the epilogue ride
-    along); otherwise the ops run one by one in `mode`.
+    Fast numerics on CUDA, for one row by a small weight (`skinny.handles`) and without autograd,
+    run it as one Triton kernel (specbench_kernels.skinny: a decode step's products cost latency,
+    not arithmetic, so the norm and the epilogue ride along); otherwise the ops run one by one in
+    `mode`.
     """
     norm = None if isinstance(norm, nn.Identity) else norm    # EAGLE's draft layer has no input norm
     if mode == "fast" and uses_kernels(x) and _skinny_fits(x, layer):

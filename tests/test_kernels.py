@@ -62,7 +62,7 @@ def test_rms_norm_matches_reference_and_is_batch_invariant(dtype, dim):
         assert torch.equal(rms_norm(x[i:i + 1], w, 1e-5), full[i:i + 1])
 
 
-# ---- fused products of a few rows (fast numerics) ---------------------------------------------
+# ---- fused one-row products (fast numerics) ---------------------------------------------------
 
 SKINNY_FUSIONS = {
     "plain": {},
@@ -73,15 +73,15 @@ SKINNY_FUSIONS = {
 }
 
 
-def skinny_case(dtype, fusion, k=80, n=50, rows=1):
-    """x [rows, k], a weight of n (or 2n, gated) rows and the fusion's operands; k, n not multiples
+def skinny_case(dtype, fusion, k=80, n=50):
+    """x [1, k], a weight of n (or 2n, gated) rows and the fusion's operands; k, n not multiples
     of any tile side."""
     f = SKINNY_FUSIONS[fusion]
-    x, w = 3 * randn(rows, k, dtype=dtype), randn(2 * n if f.get("gated") else n, k, dtype=dtype, seed=1) / k ** 0.5
+    x, w = 3 * randn(1, k, dtype=dtype), randn(2 * n if f.get("gated") else n, k, dtype=dtype, seed=1) / k ** 0.5
     kwargs = {"gated": bool(f.get("gated")),
               "bias": randn(n, dtype=dtype, seed=2) if f.get("bias") else None,
               "norm_weight": 1 + 0.1 * randn(k, dtype=dtype, seed=3) if f.get("norm") else None, "eps": 1e-5,
-              "residual": randn(rows, n, dtype=dtype, seed=4) if f.get("residual") else None}
+              "residual": randn(1, n, dtype=dtype, seed=4) if f.get("residual") else None}
     return x, w, kwargs
 
 
@@ -97,32 +97,17 @@ def test_skinny_linear_matches_reference(dtype, fusion):
         assert rel_err(skinny_linear(x, w, block=block, **kwargs), ref) < TOL[dtype]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("fusion", list(SKINNY_FUSIONS))
-@pytest.mark.parametrize("rows", [2, 17, MAX_ROWS])
-def test_skinny_linear_rows_match_reference(dtype, fusion, rows):
-    """Several rows (the tensor-core tiles): the chosen tiles (one row tile), and small ones (16-row
-    tiles, several K steps and column blocks, ragged edges on every side)."""
-    x, w, kwargs = skinny_case(dtype, fusion, rows=rows)
-    ref = skinny_linear_reference(x, w, **kwargs)
-    assert ref.shape == (rows, 50)
-    for block in (None, (16, 16, 32, 4)):
-        assert rel_err(skinny_linear(x, w, block=block, **kwargs), ref) < TOL[dtype]
-
-
 def test_skinny_linear_reference_catches_a_missing_fusion():
-    """Negative control: leaving out any fused step misses the reference by far more than TOL, on
-    one row and on the tiles of several."""
-    for rows in (1, 5):
-        x, w, kwargs = skinny_case(torch.float32, "norm+bias", rows=rows)
-        assert rel_err(skinny_linear(x, w, bias=kwargs["bias"]), skinny_linear_reference(x, w, **kwargs)) > 0.1
-        x, w, kwargs = skinny_case(torch.float32, "gated+residual", rows=rows)
-        assert rel_err(skinny_linear(x, w, gated=True), skinny_linear_reference(x, w, **kwargs)) > 0.1
+    """Negative control: leaving out any fused step misses the reference by far more than TOL."""
+    x, w, kwargs = skinny_case(torch.float32, "norm+bias")
+    assert rel_err(skinny_linear(x, w, bias=kwargs["bias"]), skinny_linear_reference(x, w, **kwargs)) > 0.1
+    x, w, kwargs = skinny_case(torch.float32, "gated+residual")
+    assert rel_err(skinny_linear(x, w, gated=True), skinny_linear_reference(x, w, **kwargs)) > 0.1
 
 
 def test_skinny_linear_refuses_bad_operands():
     x, w = randn(MAX_ROWS + 1, 8), randn(6, 8, seed=1)
-    with pytest.raises(ValueError, match=f"at most {MAX_ROWS} rows"):
+    with pytest.raises(ValueError, match="one row"):
         skinny_linear(x, w)
     with pytest.raises(ValueError, match="gated"):
         skinny_linear(x[:1], w, bias=randn(3), gated=True)
@@ -135,7 +120,7 @@ def test_skinny_linear_refuses_bad_operands():
 
 
 def test_fused_linear_takes_the_kernel_only_without_autograd(kernels_on_cpu, monkeypatch):
-    """Fast numerics on kernels: up to MAX_ROWS rows by a small weight run the fused kernel; under autograd
+    """Fast numerics on kernels: one row by a small weight runs the fused kernel; under autograd
     (training a draft), past MAX_ROWS rows or past MAX_WEIGHT the PyTorch ops run."""
     layer = torch.nn.Linear(24, 10, bias=False)
     norm = specbench.model.RMSNorm(24, 1e-5)
@@ -240,10 +225,9 @@ def test_key_table_lists_each_tokens_ancestors_by_depth():
 
 
 def test_gpu_check_skinny_stage_runs_at_small_shapes():
-    """The GPU check's fused-product stage, interpreted at tiny shapes: every check passes (the LM
-    head's case only on one row: more rows of it are cuBLAS's)."""
-    rows = gpu_check.skinny_checks({"tiny": (32, 6, 2, 16, 48, 100)}, "cpu", row_counts=(1, 5))
-    assert len(rows) == 2 * (5 + 5) and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+    """The GPU check's fused-product stage, interpreted at tiny shapes: every check passes."""
+    rows = gpu_check.skinny_checks({"tiny": (32, 6, 2, 16, 48, 100)}, "cpu")
+    assert len(rows) == 2 * 5 and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
 
 
 def test_gpu_check_kernel_stage_runs_at_small_shapes(tmp_path):
@@ -275,12 +259,6 @@ for dt in ("bf16", "fp32"):
     build(sk._skinny_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt, "RES": "*" + dt,
           "OUT": "*" + dt, "eps": "fp32", **ints("N", "K", "stride_wn")},
           {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False, "BN": 8, "BK": 512})
-    for bm, bk in ((16, 1024), (64, 256)):
-        k = build(sk._skinny_rows_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt,
-                  "RES": "*" + dt, "OUT": "*" + dt, "eps": "fp32", **ints("M", "N", "K", "stride_wn")},
-                  {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": True, "EMULATE": False,
-                   "BM": bm, "BN": 16, "BK": bk})
-        assert ("mma" in k.asm["ptx"]) == (dt == "bf16")
     build(rn._rms_norm_kernel, {"X": "*" + dt, "W": "*" + dt, "OUT": "*" + dt, "eps": "fp32",
           **ints("D", "stride_x", "stride_o")}, {"BLOCK": 1024})
     common = {"Q": "*" + dt, "K": "*" + dt, "V": "*" + dt, "START": "*i64", "PM": "*fp32", "PL": "*fp32",
@@ -318,7 +296,6 @@ def test_custom_ops_schemas_and_fake_tensors():
     cases = [(ops.matmul, (x, w, None)), (ops.rms_norm, (x, w[0], 1e-5)),
              (ops.skinny_linear, (x[:1], w, None, x[0], 1e-5, None, True)),
              (ops.skinny_linear, (x[:1], w, randn(40, seed=5), None, 0.0, randn(1, 40, seed=2), False)),
-             (ops.skinny_linear, (x, w, randn(40, seed=5), x[0], 1e-5, randn(3, 40, seed=2), False)),
              (ops.tree_attention, (q, k, v, st, mask)),
              (ops.invariant_attention, (q, k, v, st, numerics.key_table(st, mask, positions), positions))]
     for op, args in cases:
