@@ -38,6 +38,18 @@ def _(x, weight, bias, norm_weight, eps, residual, gated):
     return x.new_empty(x.shape[0], weight.shape[0] // 2 if gated else weight.shape[0])
 
 
+@torch.library.custom_op("specbench::invariant_linear", mutates_args=())
+def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     norm_weight: Optional[torch.Tensor], eps: float, residual: Optional[torch.Tensor],
+                     gated: bool) -> torch.Tensor:
+    return _skinny.invariant_linear(x, weight, bias, norm_weight, eps, residual, gated)
+
+
+@invariant_linear.register_fake
+def _(x, weight, bias, norm_weight, eps, residual, gated):
+    return x.new_empty(x.shape[0], weight.shape[0] // 2 if gated else weight.shape[0])
+
+
 @torch.library.custom_op("specbench::rms_norm", mutates_args=())
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return _rmsnorm.rms_norm(x, weight, eps)

@@ -17,6 +17,13 @@ while the RMSNorm before it, the SiLU gate and the residual add after it were ke
 Each program owns BLOCK_N outputs and walks K in BLOCK_K steps (no split-K, so no atomics and a
 fixed order), multiplying elementwise and summing once at the end: one row needs no matrix unit.
 Numerics "fast" uses it where `handles` says (specbench.numerics.fused_linear).
+
+`invariant_linear` is the same fusion for numerics "batch_invariant", at any row count: tiles of
+16 rows by 16 or 32 outputs on the tensor cores (tl.dot), K in one step or a few, and tiles that
+depend on the weight's shape only, never on the row count. A row is then reduced in one order
+whatever call it sits in, as matmul.py's tiles are, with the norm and the epilogue in the same
+kernel instead of three more. (For fast numerics over several rows these tiles lost to cuBLAS:
+docs/results/gpu_skinny_tiles_h200/.)
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_dtype, emulate_dots, pad, rounded
+from ._common import check_dtype, dot, emulate_dots, pad, rounded
 
 MAX_ROWS = 1
 MAX_WEIGHT = 1 << 22    # elements: the default model's layers (the largest, gate/up, has 1.8 M)
@@ -36,7 +43,13 @@ def handles(rows: int, n: int, k: int) -> bool:
     which streams them from memory faster than this kernel (7B layers and LM heads, H200, weights
     read from memory: `gpu_check skinny`); what this kernel saves is a launch or two and the wait
     for memory once per product, which matters for small products only."""
-    return rows <= MAX_ROWS and n * k <= MAX_WEIGHT and k <= MAX_K
+    return rows <= MAX_ROWS and small(n, k)
+
+
+def small(n: int, k: int) -> bool:
+    """Whether an [n, k] weight is small enough for the fused kernels (`handles`); for
+    `invariant_linear` the only condition, at any row count."""
+    return n * k <= MAX_WEIGHT and k <= MAX_K
 
 
 def config(n: int, k: int, gated: bool = False) -> tuple[int, int, int]:
@@ -93,27 +106,110 @@ def _skinny_kernel(X, W, B, NW, RES, OUT, N, K, stride_wn, eps,
     tl.store(OUT + rn, rounded(y, dtype, EMULATE).to(dtype), mask=col_ok)
 
 
+@triton.jit(do_not_specialize=["M"])
+def _tiles_kernel(X, W, B, NW, RES, OUT, M, N, K, stride_wn, eps,
+                  NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  EMULATE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """The fusion of `_skinny_kernel` for a [BM, BN] tile of outputs, products on tl.dot. M is not
+    specialised (Triton compiles other code for arguments equal to 1 or divisible by 16)."""
+    dtype = OUT.dtype.element_ty
+    rm = tl.program_id(1) * BM + tl.arange(0, BM)
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    row_ok, col_ok = rm < M, rn < N
+    if NORM:
+        sum_sq = tl.zeros((BM, BK), tl.float32)
+        for k0 in range(0, K, BK):
+            rk = k0 + tl.arange(0, BK)
+            x = tl.load(X + rm[:, None] * K + rk[None, :], mask=row_ok[:, None] & (rk < K)[None, :], other=0.0)
+            sum_sq += x.to(tl.float32) * x.to(tl.float32)
+        inv_rms = tl.rsqrt(tl.sum(sum_sq, axis=1) / K + eps)
+    acc = tl.zeros((BM, BN), tl.float32)
+    acc_up = tl.zeros((BM, BN), tl.float32)
+    for k0 in range(0, K, BK):
+        rk = k0 + tl.arange(0, BK)
+        k_ok = rk < K
+        x = tl.load(X + rm[:, None] * K + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if NORM:
+            nw = tl.load(NW + rk, mask=k_ok, other=0.0).to(tl.float32)
+            x = rounded(nw[None, :] * rounded(x.to(tl.float32) * inv_rms[:, None], dtype, EMULATE),
+                        dtype, EMULATE).to(dtype)
+        w_ok = k_ok[:, None] & col_ok[None, :]
+        w = tl.load(W + rn[None, :] * stride_wn + rk[:, None], mask=w_ok, other=0.0)
+        acc = dot(x, w, acc, EMULATE)
+        if GATED:
+            w = tl.load(W + (rn[None, :] + N) * stride_wn + rk[:, None], mask=w_ok, other=0.0)
+            acc_up = dot(x, w, acc_up, EMULATE)
+    y = acc
+    if HAS_BIAS:
+        y += tl.load(B + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if GATED:
+        gate = rounded(y, dtype, EMULATE)
+        y = rounded(gate * tl.sigmoid(gate), dtype, EMULATE) * rounded(acc_up, dtype, EMULATE)
+    out_at = rm[:, None] * N + rn[None, :]
+    out_ok = row_ok[:, None] & col_ok[None, :]
+    if RESIDUAL:
+        y = rounded(y, dtype, EMULATE) + tl.load(RES + out_at, mask=out_ok, other=0.0).to(tl.float32)
+    tl.store(OUT + out_at, rounded(y, dtype, EMULATE).to(dtype), mask=out_ok)
+
+
+def tiles_config(n: int, k: int, gated: bool = False) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of `invariant_linear`: from the weight's shape only.
+    The best tiles of session 29's sweep at 4 and 16 rows on an H200
+    (docs/results/gpu_skinny_tiles_h200/skinny.csv): all of K in one step, 16 outputs a program;
+    for the gated product, 32 outputs and K 256 at a time (6.6-6.9 against 10.4-10.6 us)."""
+    if gated:
+        return 16, 32, min(pad(k), 256), 4
+    return 16, 16, min(pad(k), 2048), 4
+
+
+def _checked(name: str, x: torch.Tensor, weight: torch.Tensor, bias, norm_weight, residual, gated: bool,
+             max_rows: int) -> int:
+    """The fused product's operands checked; returns N (the output's columns)."""
+    check_dtype(x, weight, *[t for t in (bias, norm_weight, residual) if t is not None])
+    (M, K), rows = x.shape, weight.shape[0]
+    if M > max_rows or weight.shape[1] != K:
+        raise ValueError(f"{name}: x [{M}, {K}] against weight {list(weight.shape)} "
+                         f"(at most {max_rows} row{'s' if max_rows > 1 else ''}, matching columns)")
+    if gated and (rows % 2 or bias is not None):
+        raise ValueError(f"{name}: a gated product takes [gate; up] weights (an even row count) and no bias")
+    N = rows // 2 if gated else rows
+    if residual is not None and residual.shape != (M, N):
+        raise ValueError(f"{name}: residual {list(residual.shape)} for an output [{M}, {N}]")
+    if bias is not None and bias.shape != (rows,) or norm_weight is not None and norm_weight.shape != (K,):
+        raise ValueError(f"{name}: bias {None if bias is None else list(bias.shape)} or norm weight "
+                         f"{None if norm_weight is None else list(norm_weight.shape)} for a weight {list(weight.shape)}")
+    return N
+
+
+def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+                     residual: torch.Tensor | None = None, gated: bool = False,
+                     block: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """x [M, K], any M, through the fused product on fixed tiles -> [M, N] in x's dtype; a row's
+    bits do not depend on M. `block` overrides `tiles_config` (measurements)."""
+    N = _checked("invariant_linear", x, weight, bias, norm_weight, residual, gated, max_rows=1 << 30)
+    M, K = x.shape
+    x, weight = x.contiguous(), weight.contiguous()
+    residual = None if residual is None else residual.contiguous()
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    block_m, block_n, block_k, warps = block or tiles_config(N, K, gated)
+    _tiles_kernel[(triton.cdiv(N, block_n), triton.cdiv(M, block_m))](
+        x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight,
+        x if residual is None else residual, out, M, N, K, weight.stride(0), eps,
+        NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
+        EMULATE=emulate_dots(), BM=block_m, BN=block_n, BK=block_k, num_warps=warps,
+        num_stages=1 if block_k >= K else 2)
+    return out
+
+
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   norm_weight: torch.Tensor | None = None, eps: float = 0.0,
                   residual: torch.Tensor | None = None, gated: bool = False,
                   block: tuple[int, int, int] | None = None) -> torch.Tensor:
     """x [1, K] through the fused product described above -> [1, N] in x's dtype (N = weight's
     rows, or half of them when `gated`). `block` overrides `config` (measurements)."""
-    operands = [x, weight] + [t for t in (bias, norm_weight, residual) if t is not None]
-    check_dtype(*operands)
-    (M, K), rows = x.shape, weight.shape[0]
-    if M > MAX_ROWS or weight.shape[1] != K:
-        raise ValueError(f"skinny_linear: x [{M}, {K}] against weight {list(weight.shape)} "
-                         f"(one row, matching columns)")
-    if gated and (rows % 2 or bias is not None):
-        raise ValueError("skinny_linear: a gated product takes [gate; up] weights (an even row count) "
-                         "and no bias")
-    N = rows // 2 if gated else rows
-    if residual is not None and residual.shape != (M, N):
-        raise ValueError(f"skinny_linear: residual {list(residual.shape)} for an output [{M}, {N}]")
-    if bias is not None and bias.shape != (rows,) or norm_weight is not None and norm_weight.shape != (K,):
-        raise ValueError(f"skinny_linear: bias {None if bias is None else list(bias.shape)} or norm weight "
-                         f"{None if norm_weight is None else list(norm_weight.shape)} for a weight {list(weight.shape)}")
+    N = _checked("skinny_linear", x, weight, bias, norm_weight, residual, gated, MAX_ROWS)
+    M, K = x.shape
     x, weight = x.contiguous(), weight.contiguous()
     residual = None if residual is None else residual.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)

@@ -11,7 +11,7 @@ nonlinearity through this module, which picks, per mode and device:
 | CPU RMSNorm | `RMSNorm` (torch) | the same: row-invariant as it is (measured, tests/test_numerics.py) |
 | CPU SiLU | `F.silu` | `F.silu` row by row |
 | CPU attention | `sdpa` over slots [0, start + n), masked (on an empty cache: causal) | per token, its keys in position order |
-| CUDA matmul / RMSNorm | one row by a small weight: one Triton kernel per product with its norm or gate / residual (`fused_linear`); otherwise cuBLAS / torch (fused by torch.compile) | Triton, fixed tiles (specbench_kernels) |
+| CUDA matmul / RMSNorm | one row by a small weight: one Triton kernel per product with its norm or gate / residual (`fused_linear`); otherwise cuBLAS / torch (fused by torch.compile) | a small weight: the same fusion on fixed tiles (`invariant_linear`); otherwise Triton, fixed tiles (specbench_kernels) |
 | CUDA attention | Triton over the live slots only | Triton, per token in position order |
 
 Why each CPU choice (measured on this repository's machine, torch 2.13 with MKL / oneDNN): an
@@ -71,15 +71,17 @@ def fused_linear(x: torch.Tensor, layer: nn.Linear, mode: str, norm: nn.Module |
                  residual: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
     """[residual +] layer(norm(x)), with `gated`: SiLU(gate) * up of the layer's two halves.
 
-    Fast numerics on CUDA, for one row by a small weight (`skinny.handles`) and without autograd,
-    run it as one Triton kernel (specbench_kernels.skinny: a decode step's products cost latency,
-    not arithmetic, so the norm and the epilogue ride along); otherwise the ops run one by one in
-    `mode`.
+    On CUDA, for a small weight and without autograd, it runs as one Triton kernel
+    (specbench_kernels.skinny: a decode step's products cost latency, not arithmetic, so the norm
+    and the epilogue ride along): in fast numerics for one row (`skinny.handles`), in
+    batch_invariant numerics for any number of rows on fixed tiles (`invariant_linear`).
+    Otherwise the ops run one by one in `mode`.
     """
     norm = None if isinstance(norm, nn.Identity) else norm    # EAGLE's draft layer has no input norm
-    if mode == "fast" and uses_kernels(x) and _skinny_fits(x, layer):
-        return _ops().skinny_linear(x, layer.weight, layer.bias, None if norm is None else norm.weight,
-                                    0.0 if norm is None else norm.eps, residual, gated)
+    if uses_kernels(x) and _skinny_fits(x, layer, mode):
+        fused = _ops().skinny_linear if mode == "fast" else _ops().invariant_linear
+        return fused(x, layer.weight, layer.bias, None if norm is None else norm.weight,
+                     0.0 if norm is None else norm.eps, residual, gated)
     y = linear(x if norm is None else rms_norm(x, norm, mode), layer, mode)
     if gated:
         gate, up = y.chunk(2, dim=-1)
@@ -87,11 +89,14 @@ def fused_linear(x: torch.Tensor, layer: nn.Linear, mode: str, norm: nn.Module |
     return y if residual is None else residual + y
 
 
-def _skinny_fits(x: torch.Tensor, layer: nn.Linear) -> bool:
+def _skinny_fits(x: torch.Tensor, layer: nn.Linear, mode: str) -> bool:
+    """Whether the product runs a fused kernel: a small weight without autograd, and in fast
+    numerics a row count `skinny.handles` takes (batch_invariant: any, the tiles never depend on it)."""
     from specbench_kernels._common import DTYPES
-    from specbench_kernels.skinny import handles
+    from specbench_kernels.skinny import handles, small
     grad = torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)
-    return handles(x.shape[0], *layer.weight.shape) and x.dtype in DTYPES and not grad
+    sized = handles(x.shape[0], *layer.weight.shape) if mode == "fast" else small(*layer.weight.shape)
+    return sized and x.dtype in DTYPES and not grad
 
 
 def rms_norm(x: torch.Tensor, norm: nn.Module, mode: str) -> torch.Tensor:

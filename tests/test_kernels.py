@@ -21,7 +21,7 @@ from specbench_kernels import gpu_check, ops, skinny  # noqa: E402
 from specbench_kernels.attention import attention_reference, invariant_attention, tree_attention  # noqa: E402
 from specbench_kernels.matmul import BLOCK_M, matmul, matmul_reference  # noqa: E402
 from specbench_kernels.rmsnorm import rms_norm, rms_norm_reference  # noqa: E402
-from specbench_kernels.skinny import MAX_ROWS, skinny_linear, skinny_linear_reference  # noqa: E402
+from specbench_kernels.skinny import MAX_ROWS, invariant_linear, skinny_linear, skinny_linear_reference  # noqa: E402
 
 from attention_cases import DTYPES, TOL, attention_case, randn, random_tree, rel_err  # noqa: E402, I001
 
@@ -73,15 +73,15 @@ SKINNY_FUSIONS = {
 }
 
 
-def skinny_case(dtype, fusion, k=80, n=50):
-    """x [1, k], a weight of n (or 2n, gated) rows and the fusion's operands; k, n not multiples
+def skinny_case(dtype, fusion, k=80, n=50, rows=1):
+    """x [rows, k], a weight of n (or 2n, gated) rows and the fusion's operands; k, n not multiples
     of any tile side."""
     f = SKINNY_FUSIONS[fusion]
-    x, w = 3 * randn(1, k, dtype=dtype), randn(2 * n if f.get("gated") else n, k, dtype=dtype, seed=1) / k ** 0.5
+    x, w = 3 * randn(rows, k, dtype=dtype), randn(2 * n if f.get("gated") else n, k, dtype=dtype, seed=1) / k ** 0.5
     kwargs = {"gated": bool(f.get("gated")),
               "bias": randn(n, dtype=dtype, seed=2) if f.get("bias") else None,
               "norm_weight": 1 + 0.1 * randn(k, dtype=dtype, seed=3) if f.get("norm") else None, "eps": 1e-5,
-              "residual": randn(1, n, dtype=dtype, seed=4) if f.get("residual") else None}
+              "residual": randn(rows, n, dtype=dtype, seed=4) if f.get("residual") else None}
     return x, w, kwargs
 
 
@@ -97,6 +97,25 @@ def test_skinny_linear_matches_reference(dtype, fusion):
         assert rel_err(skinny_linear(x, w, block=block, **kwargs), ref) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fusion", list(SKINNY_FUSIONS))
+def test_invariant_linear_matches_reference_and_is_batch_invariant(dtype, fusion):
+    """batch_invariant's fused product: 40 rows (three row tiles, the last ragged) within TOL of the
+    reference, with the chosen tiles and with small ones (several K steps and column blocks); and
+    every row's bits the same in calls of 1, 2, 17 and 40 rows."""
+    x, w, kwargs = skinny_case(dtype, fusion, rows=40)
+    ref = skinny_linear_reference(x, w, **kwargs)
+    for block in (None, (16, 16, 32, 4)):
+        full = invariant_linear(x, w, block=block, **kwargs)
+        assert rel_err(full, ref) < TOL[dtype]
+        for rows in (1, 2, 17):
+            part = {**kwargs, "residual": None if kwargs["residual"] is None else kwargs["residual"][:rows]}
+            assert torch.equal(invariant_linear(x[:rows], w, block=block, **part), full[:rows])
+        for i in (5, 39):
+            one = {**kwargs, "residual": None if kwargs["residual"] is None else kwargs["residual"][i:i + 1]}
+            assert torch.equal(invariant_linear(x[i:i + 1], w, block=block, **one), full[i:i + 1])
+
+
 def test_skinny_linear_reference_catches_a_missing_fusion():
     """Negative control: leaving out any fused step misses the reference by far more than TOL."""
     x, w, kwargs = skinny_case(torch.float32, "norm+bias")
@@ -107,7 +126,7 @@ def test_skinny_linear_reference_catches_a_missing_fusion():
 
 def test_skinny_linear_refuses_bad_operands():
     x, w = randn(MAX_ROWS + 1, 8), randn(6, 8, seed=1)
-    with pytest.raises(ValueError, match="one row"):
+    with pytest.raises(ValueError, match="at most 1 row,"):
         skinny_linear(x, w)
     with pytest.raises(ValueError, match="gated"):
         skinny_linear(x[:1], w, bias=randn(3), gated=True)
@@ -140,6 +159,20 @@ def test_fused_linear_takes_the_kernel_only_without_autograd(kernels_on_cpu, mon
         assert torch.equal(identity, skinny_linear(x, layer.weight))
         monkeypatch.setattr(skinny, "MAX_WEIGHT", 239)    # this layer has 240 weights: cuBLAS's size now
         assert torch.equal(numerics.fused_linear(x, layer, "fast", norm=norm), layer(norm(x)))
+
+
+def test_batch_invariant_fused_linear_takes_the_tiles_at_any_row_count(kernels_on_cpu, monkeypatch):
+    """batch_invariant numerics on kernels: a small weight runs `invariant_linear` at every row
+    count; a large one the unfused kernels (RMSNorm, then the tiled matmul)."""
+    layer = torch.nn.Linear(24, 10, bias=False)
+    norm = specbench.model.RMSNorm(24, 1e-5)
+    many = randn(MAX_ROWS + 69, 24)
+    with torch.no_grad():
+        fused = numerics.fused_linear(many, layer, "batch_invariant", norm=norm)
+        assert torch.equal(fused, invariant_linear(many, layer.weight, norm_weight=norm.weight, eps=1e-5))
+        monkeypatch.setattr(skinny, "MAX_WEIGHT", 239)
+        assert torch.equal(numerics.fused_linear(many, layer, "batch_invariant", norm=norm),
+                           matmul(rms_norm(many, norm.weight, 1e-5), layer.weight))
 
 
 # ---- attention ------------------------------------------------------------------------------
@@ -259,6 +292,11 @@ for dt in ("bf16", "fp32"):
     build(sk._skinny_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt, "RES": "*" + dt,
           "OUT": "*" + dt, "eps": "fp32", **ints("N", "K", "stride_wn")},
           {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False, "BN": 8, "BK": 512})
+    k = build(sk._tiles_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt, "RES": "*" + dt,
+              "OUT": "*" + dt, "eps": "fp32", **ints("M", "N", "K", "stride_wn")},
+              {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False,
+               "BM": 16, "BN": 32, "BK": 256})
+    assert ("mma" in k.asm["ptx"]) == (dt == "bf16")
     build(rn._rms_norm_kernel, {"X": "*" + dt, "W": "*" + dt, "OUT": "*" + dt, "eps": "fp32",
           **ints("D", "stride_x", "stride_o")}, {"BLOCK": 1024})
     common = {"Q": "*" + dt, "K": "*" + dt, "V": "*" + dt, "START": "*i64", "PM": "*fp32", "PL": "*fp32",
@@ -296,6 +334,7 @@ def test_custom_ops_schemas_and_fake_tensors():
     cases = [(ops.matmul, (x, w, None)), (ops.rms_norm, (x, w[0], 1e-5)),
              (ops.skinny_linear, (x[:1], w, None, x[0], 1e-5, None, True)),
              (ops.skinny_linear, (x[:1], w, randn(40, seed=5), None, 0.0, randn(1, 40, seed=2), False)),
+             (ops.invariant_linear, (x, w, randn(40, seed=5), x[0], 1e-5, randn(3, 40, seed=2), False)),
              (ops.tree_attention, (q, k, v, st, mask)),
              (ops.invariant_attention, (q, k, v, st, numerics.key_table(st, mask, positions), positions))]
     for op, args in cases:
