@@ -20,6 +20,9 @@ Stages (all by default; each writes its CSV into OUTDIR, and summary.json sums t
   at the three models' shapes, and their graph-replayed time with the weights read from memory
   beside cuBLAS's product alone, for the chosen tiles and a sweep of others (`config` and
   `handles` are chosen from it).
+* ``invariant`` (invariant.csv): batch_invariant's fused products (`invariant_linear`) at the
+  default model's shapes over 1-256 rows: error against the reference, rows' bits against the
+  same rows alone, and their time beside the unfused batch-invariant kernels they replaced.
 * ``splits`` (splits.csv): `tree_attention` with each split size (slots per program) at 1..64 new
   tokens and several live lengths, 50 calls captured in one CUDA graph so launch overhead does not
   hide the kernels' own time; the fast path's split size is chosen from it.
@@ -45,6 +48,8 @@ from .matmul import matmul, matmul_reference
 from .rmsnorm import rms_norm, rms_norm_reference
 from .skinny import config as skinny_config
 from .skinny import handles as skinny_handles
+from .skinny import invariant_linear, tiles_config
+from .skinny import small as skinny_small
 from .skinny import skinny_linear, skinny_linear_reference
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -418,6 +423,56 @@ def skinny_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.bfl
     return out
 
 
+# ---- stage "invariant" ------------------------------------------------------------------------
+
+def _unfused_invariant(x, w, bias=None, norm_weight=None, eps=0.0, gated=False):
+    """What batch_invariant numerics ran before `invariant_linear`: the RMSNorm kernel, the tiled
+    matmul, torch's SiLU gate."""
+    if norm_weight is not None:
+        x = rms_norm(x, norm_weight, eps)
+    y = matmul(x, w, bias)
+    if gated:
+        gate, up = y.chunk(2, dim=-1)
+        y = torch.nn.functional.silu(gate) * up
+    return y
+
+
+def invariant_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.bfloat16, torch.float32),
+                     row_counts=(1, 4, 16, 64, 256)) -> list[dict]:
+    """`invariant_linear` (batch_invariant's fused products, residual add outside) at the shapes
+    where the model uses it: error against the float64 reference at each row count, the first and
+    last rows' bits against the same rows computed alone, and (bf16, CUDA) the graph-replayed time
+    with weights read from memory beside the unfused batch-invariant kernels."""
+    out = []
+    for name, shape in models.items():
+        for dtype in dtypes:
+            for what, (x1, w), kwargs in skinny_cases(*shape, dtype, device):
+                if not skinny_small(*w.shape):
+                    continue
+                kwargs = {k: v for k, v in kwargs.items() if k != "residual"}
+                x = 3 * _randn(max(row_counts), w.shape[1], dtype=dtype, device=device, seed=21)
+                for rows in row_counts:
+                    got = invariant_linear(x[:rows], w, **kwargs)
+                    err = rel_err(got, skinny_linear_reference(x[:rows], w, **kwargs))
+                    alone = all(torch.equal(invariant_linear(x[i:i + 1], w, **kwargs), got[i:i + 1])
+                                for i in {0, rows - 1})
+                    row = {"stage": "invariant", "model": name, "what": what.replace("+residual", ""),
+                           "dtype": str(dtype), "rows": rows, "rel_err": err, "tol": TOL[dtype],
+                           "rows_equal_alone": alone, "ok": err < TOL[dtype] and alone,
+                           "config": "x".join(map(str, tiles_config(got.shape[1], w.shape[1],
+                                                                    kwargs.get("gated", False))))}
+                    if device == "cuda" and dtype == torch.bfloat16:
+                        xr = x[:rows]
+                        row["us_fused"] = round(_cold_graph_microseconds(
+                            lambda wc: invariant_linear(xr, wc, **kwargs), w), 2)
+                        row["us_unfused_invariant"] = round(_cold_graph_microseconds(
+                            lambda wc: _unfused_invariant(xr, wc, **kwargs), w), 2)
+                    out.append(row)
+                    print(row, flush=True)
+        break       # the default model only: larger weights take the unfused kernels
+    return out
+
+
 # ---- driver -----------------------------------------------------------------------------------
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -431,7 +486,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     stages = {"kernels": lambda: kernel_checks(MODELS, "cuda"), "model": model_checks, "timing": timing_checks,
-              "splits": split_checks, "skinny": skinny_checks}
+              "splits": split_checks, "skinny": skinny_checks, "invariant": invariant_checks}
     if not argv or any(s not in stages for s in argv[1:]):
         print(f"usage: python -m specbench_kernels.gpu_check OUTDIR [{'|'.join(stages)} ...]", file=sys.stderr)
         return 2

@@ -40,13 +40,12 @@ def _(x, weight, bias, norm_weight, eps, residual, gated):
 
 @torch.library.custom_op("specbench::invariant_linear", mutates_args=())
 def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                     norm_weight: Optional[torch.Tensor], eps: float, residual: Optional[torch.Tensor],
-                     gated: bool) -> torch.Tensor:
-    return _skinny.invariant_linear(x, weight, bias, norm_weight, eps, residual, gated)
+                     norm_weight: Optional[torch.Tensor], eps: float, gated: bool) -> torch.Tensor:
+    return _skinny.invariant_linear(x, weight, bias, norm_weight, eps, gated)
 
 
 @invariant_linear.register_fake
-def _(x, weight, bias, norm_weight, eps, residual, gated):
+def _(x, weight, bias, norm_weight, eps, gated):
     return x.new_empty(x.shape[0], weight.shape[0] // 2 if gated else weight.shape[0])
 
 

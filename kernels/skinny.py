@@ -18,7 +18,7 @@ Each program owns BLOCK_N outputs and walks K in BLOCK_K steps (no split-K, so n
 fixed order), multiplying elementwise and summing once at the end: one row needs no matrix unit.
 Numerics "fast" uses it where `handles` says (specbench.numerics.fused_linear).
 
-`invariant_linear` is the same fusion for numerics "batch_invariant", at any row count: tiles of
+`invariant_linear` is the same fusion (without the residual add) for numerics "batch_invariant", at any row count: tiles of
 16 rows by 16 or 32 outputs on the tensor cores (tl.dot), K in one step or a few, and tiles that
 depend on the weight's shape only, never on the row count. A row is then reduced in one order
 whatever call it sits in, as matmul.py's tiles are, with the norm and the epilogue in the same
@@ -107,11 +107,12 @@ def _skinny_kernel(X, W, B, NW, RES, OUT, N, K, stride_wn, eps,
 
 
 @triton.jit(do_not_specialize=["M"])
-def _tiles_kernel(X, W, B, NW, RES, OUT, M, N, K, stride_wn, eps,
-                  NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _tiles_kernel(X, W, B, NW, OUT, M, N, K, stride_wn, eps,
+                  NORM: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr,
                   EMULATE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """The fusion of `_skinny_kernel` for a [BM, BN] tile of outputs, products on tl.dot. M is not
-    specialised (Triton compiles other code for arguments equal to 1 or divisible by 16)."""
+    """The fusion of `_skinny_kernel` but the residual add, for a [BM, BN] tile of outputs, products
+    on tl.dot. M is not specialised (Triton compiles other code for arguments equal to 1 or
+    divisible by 16)."""
     dtype = OUT.dtype.element_ty
     rm = tl.program_id(1) * BM + tl.arange(0, BM)
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
@@ -145,11 +146,8 @@ def _tiles_kernel(X, W, B, NW, RES, OUT, M, N, K, stride_wn, eps,
     if GATED:
         gate = rounded(y, dtype, EMULATE)
         y = rounded(gate * tl.sigmoid(gate), dtype, EMULATE) * rounded(acc_up, dtype, EMULATE)
-    out_at = rm[:, None] * N + rn[None, :]
-    out_ok = row_ok[:, None] & col_ok[None, :]
-    if RESIDUAL:
-        y = rounded(y, dtype, EMULATE) + tl.load(RES + out_at, mask=out_ok, other=0.0).to(tl.float32)
-    tl.store(OUT + out_at, rounded(y, dtype, EMULATE).to(dtype), mask=out_ok)
+    tl.store(OUT + rm[:, None] * N + rn[None, :], rounded(y, dtype, EMULATE).to(dtype),
+             mask=row_ok[:, None] & col_ok[None, :])
 
 
 def tiles_config(n: int, k: int, gated: bool = False) -> tuple[int, int, int, int]:
@@ -182,21 +180,23 @@ def _checked(name: str, x: torch.Tensor, weight: torch.Tensor, bias, norm_weight
 
 
 def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-                     residual: torch.Tensor | None = None, gated: bool = False,
+                     norm_weight: torch.Tensor | None = None, eps: float = 0.0, gated: bool = False,
                      block: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """x [M, K], any M, through the fused product on fixed tiles -> [M, N] in x's dtype; a row's
-    bits do not depend on M. `block` overrides `tiles_config` (measurements)."""
-    N = _checked("invariant_linear", x, weight, bias, norm_weight, residual, gated, max_rows=1 << 30)
+    bits do not depend on M. `block` overrides `tiles_config` (measurements).
+
+    No residual add: the model adds it with torch. With it inside, every layer's residual stream
+    ran through custom operators only, and torch.compile on CUDA stalled printing them (inductor's
+    ExternKernel.__str__ prints its inputs, recursively: past 270 s, docs/results/gpu_invariant_tiles_h200/);
+    an add between them is an inductor node, which prints without recursing."""
+    N = _checked("invariant_linear", x, weight, bias, norm_weight, None, gated, max_rows=1 << 30)
     M, K = x.shape
     x, weight = x.contiguous(), weight.contiguous()
-    residual = None if residual is None else residual.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     block_m, block_n, block_k, warps = block or tiles_config(N, K, gated)
     _tiles_kernel[(triton.cdiv(N, block_n), triton.cdiv(M, block_m))](
-        x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight,
-        x if residual is None else residual, out, M, N, K, weight.stride(0), eps,
-        NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
+        x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight, out, M, N, K,
+        weight.stride(0), eps, NORM=norm_weight is not None, GATED=gated, HAS_BIAS=bias is not None,
         EMULATE=emulate_dots(), BM=block_m, BN=block_n, BK=block_k, num_warps=warps,
         num_stages=1 if block_k >= K else 2)
     return out

@@ -79,9 +79,11 @@ def fused_linear(x: torch.Tensor, layer: nn.Linear, mode: str, norm: nn.Module |
     """
     norm = None if isinstance(norm, nn.Identity) else norm    # EAGLE's draft layer has no input norm
     if uses_kernels(x) and _skinny_fits(x, layer, mode):
-        fused = _ops().skinny_linear if mode == "fast" else _ops().invariant_linear
-        return fused(x, layer.weight, layer.bias, None if norm is None else norm.weight,
-                     0.0 if norm is None else norm.eps, residual, gated)
+        norm_weight, eps = (None, 0.0) if norm is None else (norm.weight, norm.eps)
+        if mode == "fast":
+            return _ops().skinny_linear(x, layer.weight, layer.bias, norm_weight, eps, residual, gated)
+        y = _ops().invariant_linear(x, layer.weight, layer.bias, norm_weight, eps, gated)
+        return y if residual is None else residual + y
     y = linear(x if norm is None else rms_norm(x, norm, mode), layer, mode)
     if gated:
         gate, up = y.chunk(2, dim=-1)

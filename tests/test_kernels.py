@@ -100,20 +100,22 @@ def test_skinny_linear_matches_reference(dtype, fusion):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fusion", list(SKINNY_FUSIONS))
 def test_invariant_linear_matches_reference_and_is_batch_invariant(dtype, fusion):
-    """batch_invariant's fused product: 40 rows (three row tiles, the last ragged) within TOL of the
-    reference, with the chosen tiles and with small ones (several K steps and column blocks); and
-    every row's bits the same in calls of 1, 2, 17 and 40 rows."""
+    """batch_invariant's fused product (the residual add stays outside): 40 rows (three row tiles,
+    the last ragged) within TOL of the reference, with the chosen tiles and with small ones
+    (several K steps and column blocks); and every row's bits the same in calls of 1, 2, 17 and
+    40 rows."""
     x, w, kwargs = skinny_case(dtype, fusion, rows=40)
+    residual = kwargs.pop("residual")
     ref = skinny_linear_reference(x, w, **kwargs)
     for block in (None, (16, 16, 32, 4)):
         full = invariant_linear(x, w, block=block, **kwargs)
         assert rel_err(full, ref) < TOL[dtype]
+        if residual is not None:
+            assert rel_err(residual + full, skinny_linear_reference(x, w, residual=residual, **kwargs)) < TOL[dtype]
         for rows in (1, 2, 17):
-            part = {**kwargs, "residual": None if kwargs["residual"] is None else kwargs["residual"][:rows]}
-            assert torch.equal(invariant_linear(x[:rows], w, block=block, **part), full[:rows])
+            assert torch.equal(invariant_linear(x[:rows], w, block=block, **kwargs), full[:rows])
         for i in (5, 39):
-            one = {**kwargs, "residual": None if kwargs["residual"] is None else kwargs["residual"][i:i + 1]}
-            assert torch.equal(invariant_linear(x[i:i + 1], w, block=block, **one), full[i:i + 1])
+            assert torch.equal(invariant_linear(x[i:i + 1], w, block=block, **kwargs), full[i:i + 1])
 
 
 def test_skinny_linear_reference_catches_a_missing_fusion():
@@ -263,6 +265,13 @@ def test_gpu_check_skinny_stage_runs_at_small_shapes():
     assert len(rows) == 2 * 5 and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
 
 
+def test_gpu_check_invariant_stage_runs_at_small_shapes():
+    """The GPU check's batch_invariant fused-product stage, interpreted at tiny shapes: every
+    check passes (5 products, the tiny LM head being small too, x 2 dtypes x 3 row counts)."""
+    rows = gpu_check.invariant_checks({"tiny": (32, 6, 2, 16, 48, 100)}, "cpu", row_counts=(1, 5, 40))
+    assert len(rows) == 5 * 2 * 3 and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+
+
 def test_gpu_check_kernel_stage_runs_at_small_shapes(tmp_path):
     """The GPU check's kernel stage, interpreted at tiny shapes: every check passes, a CSV results."""
     rows = gpu_check.kernel_checks({"tiny": (32, 6, 2, 16, 48, 100)}, "cpu", rows=(1, 5, 70), starts=(0, 45),
@@ -292,9 +301,9 @@ for dt in ("bf16", "fp32"):
     build(sk._skinny_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt, "RES": "*" + dt,
           "OUT": "*" + dt, "eps": "fp32", **ints("N", "K", "stride_wn")},
           {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False, "BN": 8, "BK": 512})
-    k = build(sk._tiles_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt, "RES": "*" + dt,
+    k = build(sk._tiles_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt,
               "OUT": "*" + dt, "eps": "fp32", **ints("M", "N", "K", "stride_wn")},
-              {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False,
+              {"NORM": True, "GATED": True, "HAS_BIAS": False, "EMULATE": False,
                "BM": 16, "BN": 32, "BK": 256})
     assert ("mma" in k.asm["ptx"]) == (dt == "bf16")
     build(rn._rms_norm_kernel, {"X": "*" + dt, "W": "*" + dt, "OUT": "*" + dt, "eps": "fp32",
@@ -334,7 +343,7 @@ def test_custom_ops_schemas_and_fake_tensors():
     cases = [(ops.matmul, (x, w, None)), (ops.rms_norm, (x, w[0], 1e-5)),
              (ops.skinny_linear, (x[:1], w, None, x[0], 1e-5, None, True)),
              (ops.skinny_linear, (x[:1], w, randn(40, seed=5), None, 0.0, randn(1, 40, seed=2), False)),
-             (ops.invariant_linear, (x, w, randn(40, seed=5), x[0], 1e-5, randn(3, 40, seed=2), False)),
+             (ops.invariant_linear, (x, w, randn(40, seed=5), x[0], 1e-5, False)),
              (ops.tree_attention, (q, k, v, st, mask)),
              (ops.invariant_attention, (q, k, v, st, numerics.key_table(st, mask, positions), positions))]
     for op, args in cases:
