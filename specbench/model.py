@@ -150,6 +150,23 @@ class Linear(nn.Linear):
         return {k: v for k, v in self.__dict__.items() if k != "_packed"}
 
 
+def pack_linears(module: nn.Module) -> None:
+    """`Linear.pack` every Linear in `module` (the target model, a drafter) for its device and dtype."""
+    for m in module.modules():
+        if isinstance(m, Linear):
+            m.pack()
+
+
+def fixed_linear(weight: torch.Tensor) -> Linear:
+    """A bias-free Linear over an existing weight tensor [out, in], packed for its device: y = x W^T
+    as the model's own layers compute it (on CPU a product over a few rows then skips MKL's
+    repacking of the weight on every call)."""
+    layer = Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    layer.pack()
+    return layer
+
+
 class Block(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -311,9 +328,7 @@ class Transformer(nn.Module):
     def pack_weights(self) -> None:
         """Remake every Linear's packed weight for the device and dtype the model now has (see
         `Linear`); every move or cast runs it, call it again after changing weights in place."""
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.pack()
+        pack_linears(self)
 
     def new_cache(self, max_len: int) -> KVCache:
         return KVCache(self.args, max_len, self.device, self.dtype)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecbenchError
-from ..model import Transformer
+from ..model import Transformer, pack_linears
 
 FORMAT = "specbench-drafter"
 PROBE_ROWS = (0, 1, 2, 3, 5, 8, 13, 21)   # embedding rows whose first 8 values identify a target
@@ -55,6 +55,12 @@ class Drafter(nn.Module):
     def __init__(self, target: dict):
         super().__init__()
         self.target = target
+
+    def _apply(self, fn, *args, **kwargs):
+        # every move or cast repacks the Linear layers for the new device and dtype (as the model's)
+        super()._apply(fn, *args, **kwargs)
+        pack_linears(self)
+        return self
 
     @classmethod
     def for_target(cls, model: Transformer, **config) -> "Drafter":

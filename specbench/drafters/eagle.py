@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import numerics
 from ..errors import SpecbenchError
-from ..model import Block, KVCache, ModelArgs, Transformer
+from ..model import Block, KVCache, Linear, ModelArgs, Transformer
 from .base import PROBE_ROWS, Drafter, read_json, read_weights, signature_mismatch, target_signature
 
 OFFICIAL_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -136,7 +136,7 @@ class EagleDraft(Drafter):
         # P(the target's token is the draft's i-th choice), measured on held-out data after
         # training; the default static tree is built from it
         self.rank_accuracy = rank_accuracy or prior_accuracy()
-        self.fc = nn.Linear(2 * dim, dim, bias=fc_bias)
+        self.fc = Linear(2 * dim, dim, bias=fc_bias)
         self.layer = Block(self.args)
         self.layer.attn_norm = nn.Identity()
         # how often each token was a training target (the `draft_vocab` option ranks tokens by it)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpecbenchError
-from ..model import Block, KVCache, ModelArgs, RMSNorm, Transformer
+from ..model import Block, KVCache, Linear, ModelArgs, RMSNorm, Transformer
 from .base import Drafter, frequent_tokens, read_json, read_weights, target_signature
 from .eagle import (cached_layer, check_official_target, official_draft_shape, official_layer_state,
                     prior_accuracy)
@@ -74,15 +74,15 @@ class Eagle3Draft(Drafter):
                               rms_norm_eps=rms_norm_eps)
         self.target_layers = tuple(layers)
         self.rank_accuracy = rank_accuracy or prior_accuracy()
-        self.fc = nn.Linear(len(layers) * dim, dim, bias=False)
+        self.fc = Linear(len(layers) * dim, dim, bias=False)
         self.input_norm = RMSNorm(dim, rms_norm_eps)      # the official input_layernorm (of the embedding)
         self.hidden_norm = RMSNorm(dim, rms_norm_eps)
         self.layer = Block(self.args)
         self.layer.attn_norm = nn.Identity()               # the two norms above replace it
         q, kv = num_heads * head_dim, num_kv_heads * head_dim
-        self.layer.wqkv = nn.Linear(2 * dim, q + 2 * kv, bias=False)
+        self.layer.wqkv = Linear(2 * dim, q + 2 * kv, bias=False)
         self.norm = RMSNorm(dim, rms_norm_eps)
-        self.lm_head = nn.Linear(dim, draft_vocab_size, bias=False)
+        self.lm_head = Linear(dim, draft_vocab_size, bias=False)
         # the target id of each draft-vocabulary entry, ascending (set from the training data)
         self.register_buffer("draft_ids", torch.arange(draft_vocab_size))
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpecbenchError
-from ..model import Transformer
+from ..model import Linear, Transformer
 from .base import Drafter, read_json, read_weights, target_signature
 
 OFFICIAL_WEIGHTS = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
@@ -29,7 +29,7 @@ OFFICIAL_WEIGHTS = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 class ResBlock(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        self.linear = nn.Linear(dim, dim)
+        self.linear = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + F.silu(self.linear(x))
@@ -55,7 +55,7 @@ class MedusaHeads(Drafter):
         self.rank_accuracy = rank_accuracy or prior_accuracy(num_heads)
         self.heads = nn.ModuleList(nn.Sequential(*(ResBlock(dim) for _ in range(num_layers)))
                                    for _ in range(num_heads))
-        self.lm_heads = nn.ModuleList(nn.Linear(dim, vocab, bias=False) for _ in range(num_heads)) \
+        self.lm_heads = nn.ModuleList(Linear(dim, vocab, bias=False) for _ in range(num_heads)) \
             if own_lm_head else None
 
     def config(self) -> dict:

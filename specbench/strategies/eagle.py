@@ -45,7 +45,7 @@ from ..drafters.eagle3 import Eagle3Draft
 from ..drafters.medusa import check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
-from ..model import Transformer, send
+from ..model import Transformer, fixed_linear, send
 from ..tree import DraftTree, depths, top_k_rows
 
 # default settings per device: a CPU pays per draft level (above all the LM head) and per verified
@@ -198,7 +198,7 @@ class DraftStep:
 
     def __init__(self, model: Transformer, drafter: EagleDraft | Eagle3Draft, plan, max_len: int, vocab: torch.Tensor | None):
         self.model, self.drafter, self.plan, self.vocab = model, drafter, plan, vocab
-        self.head = None if vocab is None else model.lm_head.weight[vocab]
+        self.head = None if vocab is None else fixed_linear(model.lm_head.weight[vocab])
         self.cache = drafter.new_cache(max_len, model.device, model.dtype)
 
     def rows(self, feats, tokens, positions, slots, mask) -> torch.Tensor:
@@ -208,7 +208,7 @@ class DraftStep:
         """The k best draft tokens of each row of h: log-probabilities [n, k] and target ids [n, k].
         With a draft vocabulary (the `draft_vocab` option, or EAGLE-3's own head) only its tokens
         are scored, and ranked in that compact space: never scattered into the whole vocabulary."""
-        logits, ids = (h @ self.head.T, self.vocab) if self.vocab is not None else self.drafter.draft_logits(h, self.model)
+        logits, ids = (self.head(h), self.vocab) if self.vocab is not None else self.drafter.draft_logits(h, self.model)
         logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
         # a row that overflowed (NaN: a random bf16 draft on CUDA did) ranks last; NaN would sort
         # above its parent and leave a kept node without its parent
