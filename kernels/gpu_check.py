@@ -444,32 +444,31 @@ def invariant_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.
     last rows' bits against the same rows computed alone, and (bf16, CUDA) the graph-replayed time
     with weights read from memory beside the unfused batch-invariant kernels."""
     out = []
-    for name, shape in models.items():
-        for dtype in dtypes:
-            for what, (x1, w), kwargs in skinny_cases(*shape, dtype, device):
-                if not skinny_small(*w.shape):
-                    continue
-                kwargs = {k: v for k, v in kwargs.items() if k != "residual"}
-                x = 3 * _randn(max(row_counts), w.shape[1], dtype=dtype, device=device, seed=21)
-                for rows in row_counts:
-                    got = invariant_linear(x[:rows], w, **kwargs)
-                    err = rel_err(got, skinny_linear_reference(x[:rows], w, **kwargs))
-                    alone = all(torch.equal(invariant_linear(x[i:i + 1], w, **kwargs), got[i:i + 1])
-                                for i in {0, rows - 1})
-                    row = {"stage": "invariant", "model": name, "what": what.replace("+residual", ""),
-                           "dtype": str(dtype), "rows": rows, "rel_err": err, "tol": TOL[dtype],
-                           "rows_equal_alone": alone, "ok": err < TOL[dtype] and alone,
-                           "config": "x".join(map(str, tiles_config(got.shape[1], w.shape[1],
-                                                                    kwargs.get("gated", False))))}
-                    if device == "cuda" and dtype == torch.bfloat16:
-                        xr = x[:rows]
-                        row["us_fused"] = round(_cold_graph_microseconds(
-                            lambda wc: invariant_linear(xr, wc, **kwargs), w), 2)
-                        row["us_unfused_invariant"] = round(_cold_graph_microseconds(
-                            lambda wc: _unfused_invariant(xr, wc, **kwargs), w), 2)
-                    out.append(row)
-                    print(row, flush=True)
-        break       # the default model only: larger weights take the unfused kernels
+    name, shape = next(iter(models.items()))     # the default model: larger weights take the unfused kernels
+    for dtype in dtypes:
+        for what, (_, w), kwargs in skinny_cases(*shape, dtype, device):
+            if not skinny_small(*w.shape):
+                continue
+            kwargs = {k: v for k, v in kwargs.items() if k != "residual"}
+            x = 3 * _randn(max(row_counts), w.shape[1], dtype=dtype, device=device, seed=21)
+            for rows in row_counts:
+                got = invariant_linear(x[:rows], w, **kwargs)
+                err = rel_err(got, skinny_linear_reference(x[:rows], w, **kwargs))
+                alone = all(torch.equal(invariant_linear(x[i:i + 1], w, **kwargs), got[i:i + 1])
+                            for i in {0, rows - 1})
+                row = {"stage": "invariant", "model": name, "what": what.replace("+residual", ""),
+                       "dtype": str(dtype), "rows": rows, "rel_err": err, "tol": TOL[dtype],
+                       "rows_equal_alone": alone, "ok": err < TOL[dtype] and alone,
+                       "config": "x".join(map(str, tiles_config(got.shape[1], w.shape[1],
+                                                                kwargs.get("gated", False))))}
+                if device == "cuda" and dtype == torch.bfloat16:
+                    xr = x[:rows]
+                    row["us_fused"] = round(_cold_graph_microseconds(
+                        lambda wc: invariant_linear(xr, wc, **kwargs), w), 2)
+                    row["us_unfused_invariant"] = round(_cold_graph_microseconds(
+                        lambda wc: _unfused_invariant(xr, wc, **kwargs), w), 2)
+                out.append(row)
+                print(row, flush=True)
     return out
 
 

@@ -18,9 +18,9 @@ Each program owns BLOCK_N outputs and walks K in BLOCK_K steps (no split-K, so n
 fixed order), multiplying elementwise and summing once at the end: one row needs no matrix unit.
 Numerics "fast" uses it where `handles` says (specbench.numerics.fused_linear).
 
-`invariant_linear` is the same fusion (without the residual add) for numerics "batch_invariant", at any row count: tiles of
-16 rows by 16 or 32 outputs on the tensor cores (tl.dot), K in one step or a few, and tiles that
-depend on the weight's shape only, never on the row count. A row is then reduced in one order
+`invariant_linear` is the same fusion (without the residual add) for numerics "batch_invariant",
+at any row count: tiles of 16 rows by 16 or 32 outputs on the tensor cores (tl.dot), K in one step
+or a few, and tiles that depend on the weight's shape only, never on the row count. A row is then reduced in one order
 whatever call it sits in, as matmul.py's tiles are, with the norm and the epilogue in the same
 kernel instead of three more. (For fast numerics over several rows these tiles lost to cuBLAS:
 docs/results/gpu_skinny_tiles_h200/.)
@@ -187,8 +187,9 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
     No residual add: the model adds it with torch. With it inside, every layer's residual stream
     ran through custom operators only, and torch.compile on CUDA stalled printing them (inductor's
-    ExternKernel.__str__ prints its inputs, recursively: past 270 s, docs/results/gpu_invariant_tiles_h200/);
-    an add between them is an inductor node, which prints without recursing."""
+    ExternKernel.__str__ prints its inputs, recursively: past 270 s,
+    docs/results/gpu_invariant_tiles_h200/); an add between them is an inductor node, which prints
+    without recursing."""
     N = _checked("invariant_linear", x, weight, bias, norm_weight, None, gated, max_rows=1 << 30)
     M, K = x.shape
     x, weight = x.contiguous(), weight.contiguous()
