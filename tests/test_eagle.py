@@ -344,8 +344,9 @@ def test_cuda_graphed_draft_step(tree, kind, monkeypatch):
 @pytest.mark.parametrize("kind", ["eagle", "eagle3", "medusa"])
 def test_drafter_layers_are_packed_on_cpu_and_agree_with_f_linear(kind):
     """A drafter placed on the CPU multiplies by oneDNN-packed weights, as the target's layers do
-    (MKL's product repacked the weight on every call of 2+ rows: EAGLE's CPU draft step took 11.7 ms
-    instead of 6.0), with the results of F.linear; the draft vocabulary's head too."""
+    (MKL's product repacked the weight on every call of 2+ rows: EAGLE's CPU draft step took about
+    twice as long, experiments/cpu_draft_profile.py), with the results of F.linear; the draft
+    vocabulary's head too."""
     from specbench.model import Linear, fixed_linear
     target = specbench.random_model(vocab_size=128, num_layers=3, hidden_size=32, seed=1)   # float32
     drafter = specbench.random_drafter(target, kind, seed=1)
