@@ -7,9 +7,10 @@ integer tensor on the device: the committed length. Slots below it hold the comm
 start .. start+n-1. Because the length is read on the device, a CUDA graph captured once replays
 at any length, and only the live slots are read: a 4,096-slot cache costs what a 512-slot one does.
 
-Both kernels split the keys into chunks (flash-decoding: every chunk is one program that writes a
-partial softmax state; `fast_split` slots for `tree_attention`, SPLIT for `invariant_attention`)
-and `_combine_kernel` merges the chunks of each row in order.
+Both kernels split the keys into chunks of `split_slots` slots (flash-decoding: every chunk is one
+program that writes a partial softmax state) and `_combine_kernel` merges the chunks of each row in
+order. The chunk size depends on the model's kv heads only, so a row's reduction order never
+depends on the length or the number of new tokens.
 
 * `tree_attention` (numerics "fast"): the keys in slot order; the new tokens see each other through
   an [n, n] mask (a token tree; None = causal). A program serves a block of tokens, so the K/V
@@ -29,17 +30,18 @@ import triton.language as tl
 
 from ._common import check_dtype, dot, emulate_dots, pad
 
-SPLIT = 256          # slots (or positions) per program; fixed, so the reduction order is fixed
 BLOCK_N = 64         # keys per inner step
 
 
-def fast_split(kv_heads: int) -> int:
-    """Slots per program of `tree_attention`. At batch 1 there are few (kv head, chunk) programs,
+def split_slots(kv_heads: int) -> int:
+    """Slots (positions, for `invariant_attention`) per program. At batch 1 there are few (kv head, chunk) programs,
     so few kv heads want short chunks: on an H200, graph-replayed, 64 was the fastest of 32-256 for
     3 kv heads at 1-64 new tokens and live lengths 200-1,500 (a one-token step 6.0 us against 8.7 us
     with 256 at length 500), 128 about the best for 8 and 32 kv heads
     (docs/results/gpu_attention_splits_h200/splits.csv, `python -m specbench_kernels.gpu_check
-    OUT splits`). Fixed per model, so a row's reduction order still does not depend on the length."""
+    OUT splits`). `invariant_attention` took 256 until session 30: 7.8 us a layer for a one-token step
+    on the H200 against 3.1 us for `tree_attention` with 64 (torch.profiler, kernels_*.txt in
+    docs/results/gpu_invariant_attention_h200/)."""
     return 64 if kv_heads <= 4 else 128
 
 
@@ -201,11 +203,11 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
                    mask: torch.Tensor | None, split: int | None = None) -> torch.Tensor:
     """Attention of q [n, heads, d] over the committed slots [0, start) and the new tokens at
     [start, start + n), which see each other through mask [n, n] (bool; None = causal), in chunks
-    of `split` slots (None: `fast_split`)."""
+    of `split` slots (None: `split_slots`)."""
     _check(q, k_cache, v_cache, start)
     n, heads, d = q.shape
     kv_heads, slots, _ = k_cache.shape
-    split = split or fast_split(kv_heads)
+    split = split or split_slots(kv_heads)
     group = heads // kv_heads
     gpad = triton.next_power_of_2(group)
     rows = max(gpad, 16 if n * gpad <= 16 else 64)
@@ -225,14 +227,16 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
 
 
 def invariant_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, start: torch.Tensor,
-                        tail: torch.Tensor, positions: torch.Tensor, split: int = SPLIT) -> torch.Tensor:
+                        tail: torch.Tensor, positions: torch.Tensor, split: int | None = None) -> torch.Tensor:
     """Batch-invariant attention: token i (at positions[i] = p) sees positions 0..p, position q
     being slot q below start and slot start + tail[i, q - start] above it (tail [n, T] int32,
-    -1 = no key). Row i's bits depend only on q[i] and those keys."""
+    -1 = no key), in chunks of `split` positions (None: `split_slots`). Row i's bits depend only on
+    q[i] and those keys."""
     _check(q, k_cache, v_cache, start)
     n, heads, d = q.shape
     kv_heads, slots, _ = k_cache.shape
     group = heads // kv_heads
+    split = split or split_slots(kv_heads)
     if tail.dim() != 2 or tail.shape[0] != n or tail.dtype != torch.int32 or not tail.is_contiguous():
         raise ValueError(f"invariant_attention: tail must be a contiguous int32 [{n}, T] tensor")
     if positions.shape != (n,):

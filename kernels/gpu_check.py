@@ -456,17 +456,24 @@ def invariant_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.
                 err = rel_err(got, skinny_linear_reference(x[:rows], w, **kwargs))
                 alone = all(torch.equal(invariant_linear(x[i:i + 1], w, **kwargs), got[i:i + 1])
                             for i in {0, rows - 1})
+                by_rows = skinny_linear(x[:rows], w, **kwargs)     # the row-loop kernel, no residual
+                err_rows = rel_err(by_rows, skinny_linear_reference(x[:rows], w, **kwargs))
+                alone_rows = all(torch.equal(skinny_linear(x[i:i + 1], w, **kwargs), by_rows[i:i + 1])
+                                 for i in {0, rows - 1})
                 row = {"stage": "invariant", "model": name, "what": what.replace("+residual", ""),
                        "dtype": str(dtype), "rows": rows, "rel_err": err, "tol": TOL[dtype],
-                       "rows_equal_alone": alone, "ok": err < TOL[dtype] and alone,
+                       "rows_equal_alone": alone, "rel_err_row_loop": err_rows, "row_loop_equal_alone": alone_rows,
+                       "ok": err < TOL[dtype] and alone and err_rows < TOL[dtype] and alone_rows,
                        "config": "x".join(map(str, tiles_config(got.shape[1], w.shape[1],
-                                                                kwargs.get("gated", False))))}
+                                                                kwargs.get("gated", False), dtype)))}
                 if device == "cuda" and dtype == torch.bfloat16:
                     xr = x[:rows]
                     row["us_fused"] = round(_cold_graph_microseconds(
                         lambda wc: invariant_linear(xr, wc, **kwargs), w), 2)
                     row["us_unfused_invariant"] = round(_cold_graph_microseconds(
                         lambda wc: _unfused_invariant(xr, wc, **kwargs), w), 2)
+                    row["us_row_loop"] = round(_cold_graph_microseconds(
+                        lambda wc: skinny_linear(xr, wc, **kwargs), w), 2)
                 out.append(row)
                 print(row, flush=True)
     return out

@@ -60,50 +60,46 @@ def config(n: int, k: int, gated: bool = False) -> tuple[int, int, int]:
     (docs/results/gpu_skinny_h200/skinny.csv): the default model's four products took 2.9 / 2.4 /
     4.3 / 3.1 us this way (qkv, o, gate/up, down), against 3.9 / 3.4 / 4.1 / 5.3 us for cuBLAS's
     product alone."""
-    block_k = min(pad(k), MAX_K)
+    block_k = pad(k)
     block_n = 8 if k > 1024 else 4
     return block_n, block_k, 4 if gated or block_n * block_k > 8192 else 8
 
 
-@triton.jit
-def _skinny_kernel(X, W, B, NW, RES, OUT, N, K, stride_wn, eps,
+@triton.jit(do_not_specialize=["M"])
+def _skinny_kernel(X, W, B, NW, RES, OUT, M, N, K, stride_wn, eps,
                    NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
                    EMULATE: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """BN outputs of each of M rows: the weight block (all of K, BK >= K) is loaded once and every
+    row is reduced against it by the same instructions, so a row's bits do not depend on M (M is not
+    specialised: Triton compiles other code for arguments equal to 1 or divisible by 16)."""
     dtype = OUT.dtype.element_ty
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
-    col_ok = rn < N
-    if NORM:
-        sum_sq = tl.zeros((BK,), tl.float32)
-        for k0 in range(0, K, BK):
-            rk = k0 + tl.arange(0, BK)
-            x = tl.load(X + rk, mask=rk < K, other=0.0).to(tl.float32)
-            sum_sq += x * x
-        inv_rms = tl.rsqrt(tl.sum(sum_sq, axis=0) / K + eps)
-    # products summed per lane over the K steps, across lanes once at the end
-    acc = tl.zeros((BN, BK), tl.float32)
-    acc_up = tl.zeros((BN, BK), tl.float32)
-    for k0 in range(0, K, BK):
-        rk = k0 + tl.arange(0, BK)
-        k_ok = rk < K
-        x = tl.load(X + rk, mask=k_ok, other=0.0).to(tl.float32)
-        if NORM:
-            x = rounded(tl.load(NW + rk, mask=k_ok, other=0.0).to(tl.float32)
-                        * rounded(x * inv_rms, dtype, EMULATE), dtype, EMULATE)
-        w_ok = col_ok[:, None] & k_ok[None, :]
-        w = tl.load(W + rn[:, None] * stride_wn + rk[None, :], mask=w_ok, other=0.0)
-        acc += w.to(tl.float32) * x[None, :]
-        if GATED:
-            w = tl.load(W + (rn[:, None] + N) * stride_wn + rk[None, :], mask=w_ok, other=0.0)
-            acc_up += w.to(tl.float32) * x[None, :]
-    y = tl.sum(acc, axis=1)
-    if HAS_BIAS:
-        y += tl.load(B + rn, mask=col_ok, other=0.0).to(tl.float32)
+    rk = tl.arange(0, BK)
+    col_ok, k_ok = rn < N, rk < K
+    w_ok = col_ok[:, None] & k_ok[None, :]
+    w = tl.load(W + rn[:, None] * stride_wn + rk[None, :], mask=w_ok, other=0.0)
     if GATED:
-        gate = rounded(y, dtype, EMULATE)
-        y = rounded(gate * tl.sigmoid(gate), dtype, EMULATE) * rounded(tl.sum(acc_up, axis=1), dtype, EMULATE)
-    if RESIDUAL:
-        y = rounded(y, dtype, EMULATE) + tl.load(RES + rn, mask=col_ok, other=0.0).to(tl.float32)
-    tl.store(OUT + rn, rounded(y, dtype, EMULATE).to(dtype), mask=col_ok)
+        w_up = tl.load(W + (rn[:, None] + N) * stride_wn + rk[None, :], mask=w_ok, other=0.0)
+    if NORM:
+        nw = tl.load(NW + rk, mask=k_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(B + rn, mask=col_ok, other=0.0).to(tl.float32)
+    for m in range(0, M):
+        x = tl.load(X + m * K + rk, mask=k_ok, other=0.0).to(tl.float32)
+        if NORM:
+            inv_rms = tl.rsqrt(tl.sum(x * x, axis=0) / K + eps)
+            x = rounded(nw * rounded(x * inv_rms, dtype, EMULATE), dtype, EMULATE)
+        # products summed per lane, across lanes once
+        y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        if HAS_BIAS:
+            y += bias
+        if GATED:
+            gate = rounded(y, dtype, EMULATE)
+            up = tl.sum(w_up.to(tl.float32) * x[None, :], axis=1)
+            y = rounded(gate * tl.sigmoid(gate), dtype, EMULATE) * rounded(up, dtype, EMULATE)
+        if RESIDUAL:
+            y = rounded(y, dtype, EMULATE) + tl.load(RES + m * N + rn, mask=col_ok, other=0.0).to(tl.float32)
+        tl.store(OUT + m * N + rn, rounded(y, dtype, EMULATE).to(dtype), mask=col_ok)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -150,24 +146,23 @@ def _tiles_kernel(X, W, B, NW, OUT, M, N, K, stride_wn, eps,
              mask=row_ok[:, None] & col_ok[None, :])
 
 
-def tiles_config(n: int, k: int, gated: bool = False) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of `invariant_linear`: from the weight's shape only.
-    The best tiles of session 29's sweep at 4 and 16 rows on an H200
+def tiles_config(n: int, k: int, gated: bool = False, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of `invariant_linear`: from the weight's shape and
+    dtype only. The best tiles of session 29's sweep at 4 and 16 rows on an H200
     (docs/results/gpu_skinny_tiles_h200/skinny.csv): all of K in one step, 16 outputs a program;
-    for the gated product, 32 outputs and K 256 at a time (6.6-6.9 against 10.4-10.6 us)."""
-    if gated:
-        return 16, 32, min(pad(k), 256), 4
-    return 16, 16, min(pad(k), 2048), 4
+    for the gated product, 32 outputs and K 256 at a time (6.6-6.9 against 10.4-10.6 us). float32
+    tiles take 512 of K at a time: all of the down product's K (1,536, padded to 2,048) needed 256 KB
+    of shared memory, past the H200's 227 KB (`gpu_check invariant`, session 30)."""
+    k_step = 256 if gated else 512 if dtype == torch.float32 else 2048
+    return 16, 32 if gated else 16, min(pad(k), k_step), 4
 
 
-def _checked(name: str, x: torch.Tensor, weight: torch.Tensor, bias, norm_weight, residual, gated: bool,
-             max_rows: int) -> int:
+def _checked(name: str, x: torch.Tensor, weight: torch.Tensor, bias, norm_weight, residual, gated: bool) -> int:
     """The fused product's operands checked; returns N (the output's columns)."""
     check_dtype(x, weight, *[t for t in (bias, norm_weight, residual) if t is not None])
     (M, K), rows = x.shape, weight.shape[0]
-    if M > max_rows or weight.shape[1] != K:
-        raise ValueError(f"{name}: x [{M}, {K}] against weight {list(weight.shape)} "
-                         f"(at most {max_rows} row{'s' if max_rows > 1 else ''}, matching columns)")
+    if weight.shape[1] != K:
+        raise ValueError(f"{name}: x [{M}, {K}] against weight {list(weight.shape)} (the columns must match)")
     if gated and (rows % 2 or bias is not None):
         raise ValueError(f"{name}: a gated product takes [gate; up] weights (an even row count) and no bias")
     N = rows // 2 if gated else rows
@@ -190,11 +185,11 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     ExternKernel.__str__ prints its inputs, recursively: past 270 s,
     docs/results/gpu_invariant_tiles_h200/); an add between them is an inductor node, which prints
     without recursing."""
-    N = _checked("invariant_linear", x, weight, bias, norm_weight, None, gated, max_rows=1 << 30)
+    N = _checked("invariant_linear", x, weight, bias, norm_weight, None, gated)
     M, K = x.shape
     x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    block_m, block_n, block_k, warps = block or tiles_config(N, K, gated)
+    block_m, block_n, block_k, warps = block or tiles_config(N, K, gated, x.dtype)
     _tiles_kernel[(triton.cdiv(N, block_n), triton.cdiv(M, block_m))](
         x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight, out, M, N, K,
         weight.stride(0), eps, NORM=norm_weight is not None, GATED=gated, HAS_BIAS=bias is not None,
@@ -209,15 +204,17 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                   block: tuple[int, int, int] | None = None) -> torch.Tensor:
     """x [1, K] through the fused product described above -> [1, N] in x's dtype (N = weight's
     rows, or half of them when `gated`). `block` overrides `config` (measurements)."""
-    N = _checked("skinny_linear", x, weight, bias, norm_weight, residual, gated, MAX_ROWS)
+    N = _checked("skinny_linear", x, weight, bias, norm_weight, residual, gated)
     M, K = x.shape
     x, weight = x.contiguous(), weight.contiguous()
     residual = None if residual is None else residual.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     block_n, block_k, warps = block or config(N, K, gated)
+    if block_k < K:
+        raise ValueError(f"skinny_linear: a K block of {block_k} for K = {K} (the kernel reads all of K at once)")
     _skinny_kernel[(triton.cdiv(N, block_n),)](
         x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight,
-        x if residual is None else residual, out, N, K, weight.stride(0), eps,
+        x if residual is None else residual, out, M, N, K, weight.stride(0), eps,
         NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
         EMULATE=emulate_dots(), BN=block_n, BK=block_k, num_warps=warps)
     return out

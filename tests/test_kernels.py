@@ -88,13 +88,18 @@ def skinny_case(dtype, fusion, k=80, n=50, rows=1):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("fusion", list(SKINNY_FUSIONS))
 def test_skinny_linear_matches_reference(dtype, fusion):
-    """Each fusion, with the chosen tiles and with small ones (several K steps and column blocks,
-    ragged edges)."""
-    x, w, kwargs = skinny_case(dtype, fusion)
+    """Each fusion, with the chosen blocks and with other ones (ragged column blocks, a K block
+    wider than K), over one row and over 19; and every row's bits the same in calls of 1, 2 and 19
+    rows (batch_invariant numerics runs this kernel at any row count)."""
+    x, w, kwargs = skinny_case(dtype, fusion, rows=19)
     ref = skinny_linear_reference(x, w, **kwargs)
-    assert ref.shape == (1, 50)
-    for block in (None, (16, 32, 4)):
-        assert rel_err(skinny_linear(x, w, block=block, **kwargs), ref) < TOL[dtype]
+    assert ref.shape == (19, 50)
+    for block in (None, (16, 256, 4)):
+        full = skinny_linear(x, w, block=block, **kwargs)
+        assert rel_err(full, ref) < TOL[dtype]
+        for rows in (slice(0, 1), slice(0, 2), slice(7, 8), slice(18, 19)):
+            part = {**kwargs, "residual": None if kwargs["residual"] is None else kwargs["residual"][rows]}
+            assert torch.equal(skinny_linear(x[rows], w, block=block, **part), full[rows])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -127,9 +132,11 @@ def test_skinny_linear_reference_catches_a_missing_fusion():
 
 
 def test_skinny_linear_refuses_bad_operands():
-    x, w = randn(MAX_ROWS + 1, 8), randn(6, 8, seed=1)
-    with pytest.raises(ValueError, match="at most 1 row,"):
-        skinny_linear(x, w)
+    x, w = randn(2, 8), randn(6, 8, seed=1)
+    with pytest.raises(ValueError, match="columns must match"):
+        skinny_linear(x, randn(6, 9))
+    with pytest.raises(ValueError, match="K block of 16 for K = 24"):
+        skinny_linear(randn(1, 24), randn(6, 24), block=(4, 16, 4))
     with pytest.raises(ValueError, match="gated"):
         skinny_linear(x[:1], w, bias=randn(3), gated=True)
     with pytest.raises(ValueError, match="residual"):
@@ -282,15 +289,16 @@ def test_gpu_check_kernel_stage_runs_at_small_shapes(tmp_path):
 
 
 COMPILE_FOR_H200 = """
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from specbench_kernels import attention as at, matmul as mm, rmsnorm as rn, skinny as sk
 
-def build(fn, types, consts):
+def build(fn, types, consts, num_warps=4, num_stages=3):
     sig = {a: "constexpr" if a in consts else types[a] for a in fn.arg_names}
     src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(a),): v for a, v in consts.items()})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
 
 for dt in ("bf16", "fp32"):
     ints = lambda *names: {n: "i32" for n in names}
@@ -299,13 +307,18 @@ for dt in ("bf16", "fp32"):
               {"HAS_BIAS": True, "EMULATE": False, "BM": 64, "BN": 64, "BK": 64})
     assert ("wgmma" in k.asm["ptx"]) == (dt == "bf16")        # tensor cores for bf16; exact fp32 FMAs
     build(sk._skinny_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt, "RES": "*" + dt,
-          "OUT": "*" + dt, "eps": "fp32", **ints("N", "K", "stride_wn")},
+          "OUT": "*" + dt, "eps": "fp32", **ints("M", "N", "K", "stride_wn")},
           {"NORM": True, "GATED": True, "RESIDUAL": True, "HAS_BIAS": False, "EMULATE": False, "BN": 8, "BK": 512})
-    k = build(sk._tiles_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt,
-              "OUT": "*" + dt, "eps": "fp32", **ints("M", "N", "K", "stride_wn")},
-              {"NORM": True, "GATED": True, "HAS_BIAS": False, "EMULATE": False,
-               "BM": 16, "BN": 32, "BK": 256})
-    assert ("mma" in k.asm["ptx"]) == (dt == "bf16")
+    # the default model's four products on their chosen tiles: tensor cores for bf16, and shared
+    # memory within the H200's 227 KB (all of K = 1,536 at once in float32 took 256 KB)
+    for n_out, k_in, gated in ((960, 576, False), (576, 576, False), (1536, 576, True), (576, 1536, False)):
+        bm, bn, bk, warps = sk.tiles_config(n_out, k_in, gated, torch.float32 if dt == "fp32" else torch.bfloat16)
+        k = build(sk._tiles_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt,
+                  "OUT": "*" + dt, "eps": "fp32", **ints("M", "N", "K", "stride_wn")},
+                  {"NORM": True, "GATED": gated, "HAS_BIAS": False, "EMULATE": False, "BM": bm, "BN": bn, "BK": bk},
+                  num_warps=warps, num_stages=1 if bk >= k_in else 2)
+        assert ("mma" in k.asm["ptx"]) == (dt == "bf16")
+        assert k.metadata.shared <= 232448, (dt, n_out, k_in, k.metadata.shared)
     build(rn._rms_norm_kernel, {"X": "*" + dt, "W": "*" + dt, "OUT": "*" + dt, "eps": "fp32",
           **ints("D", "stride_x", "stride_o")}, {"BLOCK": 1024})
     common = {"Q": "*" + dt, "K": "*" + dt, "V": "*" + dt, "START": "*i64", "PM": "*fp32", "PL": "*fp32",
