@@ -151,3 +151,58 @@ def test_two_pass_top_k_equals_topk(width, k):
     assert torch.equal(values, expected.values)
     assert torch.equal(index[[0, 1, 3]], expected.indices[[0, 1, 3]])
     assert index.max() < width and torch.equal(x.gather(1, index), values)
+
+
+@pytest.mark.parametrize("own_lm_head", [False, True])
+def test_draft_vocab_drafts_only_frequent_tokens(own_lm_head, monkeypatch):
+    """draft_vocab=N: the heads pick among the N tokens most often seen in training; still exact,
+    and not vacuous (multi-token steps). Without it the same heads draft other tokens too."""
+    from specbench.drafters.base import frequent_tokens
+    from specbench.strategies.medusa import Medusa
+    target = specbench.random_model(vocab_size=16, num_layers=3, hidden_size=32, seed=11, dtype="float64")
+    drafter = specbench.random_drafter(target, "medusa", seed=0, own_lm_head=own_lm_head)
+    counts = torch.tensor([5, 0, 9, 1, 7, 3, 0, 8, 2, 6, 0, 4, 1, 0, 3, 2])
+    drafter.init_from_data(counts)
+    allowed = set(frequent_tokens(counts, 6).tolist())
+    assert allowed == {0, 2, 4, 7, 9, 11}
+    seen = []
+    propose = Medusa.propose
+    monkeypatch.setattr(Medusa, "propose", lambda self, ctx: seen.append(propose(self, ctx)) or seen[-1])
+    prompt, tree = [1, 2, 3, 4, 5], [[0], [1], [2], [0, 0], [0, 1], [0, 0, 0]]
+    vanilla = specbench.generate(target, prompt, max_new_tokens=40).token_ids
+    out = specbench.generate(target, prompt, method="medusa", drafter=drafter, tree=tree, draft_vocab=6,
+                             max_new_tokens=40)
+    assert out.token_ids == vanilla
+    drafted = {t for step in seen for t in step.tokens.tolist()}
+    assert drafted and drafted <= allowed
+    assert max(out.stats["accepted_lengths"]) >= 2
+    seen.clear()
+    specbench.generate(target, prompt, method="medusa", drafter=drafter, tree=tree, max_new_tokens=40)
+    assert {t for step in seen for t in step.tokens.tolist()} - allowed
+
+
+def test_draft_vocab_refusals(target):
+    drafter = specbench.random_drafter(target, "medusa", seed=0)      # random heads count no tokens
+    with pytest.raises(specbench.SpecbenchError, match="draft_vocab needs Medusa heads from `specbench train medusa`"):
+        specbench.generate(target, [1, 2], method="medusa", drafter=drafter, draft_vocab=8)
+    drafter.init_from_data(torch.ones(16, dtype=torch.long))
+    with pytest.raises(specbench.SpecbenchError, match="draft_vocab must be a token count in 1..16"):
+        specbench.generate(target, [1, 2], method="medusa", drafter=drafter, draft_vocab=17)
+    with pytest.raises(specbench.SpecbenchError, match="below the tree's 3 choices per head"):
+        specbench.generate(target, [1, 2], method="medusa", drafter=drafter, tree=[[0], [1], [2]], draft_vocab=2)
+
+
+def test_default_draft_vocab_applies_only_where_it_can(monkeypatch):
+    """The device's default draft vocabulary restricts heads that counted their training tokens;
+    heads without counts (random, official) draft over the whole vocabulary without complaint."""
+    from specbench.drafters.base import frequent_tokens
+    from specbench.strategies import medusa
+    monkeypatch.setitem(medusa.DEFAULT_DRAFT_VOCAB, "cpu", 6)
+    target = specbench.random_model(vocab_size=16, num_layers=3, hidden_size=32, seed=11, dtype="float64")
+    counted = specbench.random_drafter(target, "medusa", seed=0)
+    counted.init_from_data(torch.arange(16) % 7)
+    uncounted = specbench.random_drafter(target, "medusa", seed=0)
+    tree = [[0], [1], [2], [0, 0]]
+    assert torch.equal(medusa.Medusa(target, drafter=counted, tree=tree).vocab.ids, frequent_tokens(counted.token_counts, 6))
+    assert medusa.Medusa(target, drafter=uncounted, tree=tree).vocab is None
+    assert medusa.Medusa(target, drafter=counted, tree=tree, draft_vocab=16).vocab is None   # the whole one

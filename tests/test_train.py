@@ -12,7 +12,7 @@ from sampled_data import own_samples
 from specbench.bench import sharegpt_is_heldout
 from specbench.bench.datasets import _sharegpt_conversations
 from specbench.cli import main
-from specbench.train.trainer import CHECKPOINT
+from specbench.train.trainer import CHECKPOINT, split
 from specbench.train import Stop, TrainConfig, train_drafter, training_data
 from specbench.train.data import TokenData, encode_chat, training_conversations
 
@@ -87,6 +87,9 @@ def test_resume_after_kill_reaches_the_same_loss(tiny, tiny_data, tmp_path, kind
     wa = specbench.load_drafter(straight, tiny).state_dict()
     wb = specbench.load_drafter(resumed, tiny).state_dict()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-3) for k in wa)
+    if kind == "medusa":     # what its draft_vocab ranks by: the training split's assistant tokens
+        train_idx, _ = split(tiny_data, 4)
+        assert torch.equal(wb["token_counts"], tiny_data.assistant_counts(train_idx, tiny.args.vocab_size))
     card = (resumed / "card.md").read_text()
     assert "Mean accepted tokens" in card and (resumed / "loss.png").is_file()
     training = json.loads((resumed / "config.json").read_text())["training"]    # every run's time, not the last's

@@ -96,7 +96,7 @@ class Drafter(nn.Module):
 
 def frequent_tokens(counts: torch.Tensor, n: int) -> torch.Tensor:
     """The n tokens a drafter most often saw as targets in training (ties: the lower id), in id
-    order: a draft vocabulary (FR-Spec) for `sps` and `eagle`'s `draft_vocab`."""
+    order: a draft vocabulary (FR-Spec) for the `draft_vocab` of `sps`, `medusa` and `eagle`."""
     return torch.sort(counts.neg(), stable=True).indices[:n].sort().values
 
 

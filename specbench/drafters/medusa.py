@@ -57,10 +57,15 @@ class MedusaHeads(Drafter):
                                    for _ in range(num_heads))
         self.lm_heads = nn.ModuleList(Linear(dim, vocab, bias=False) for _ in range(num_heads)) \
             if own_lm_head else None
+        # how often each token was an assistant token in the training data (`draft_vocab` ranks by it)
+        self.register_buffer("token_counts", torch.zeros(vocab, dtype=torch.long))
 
     def config(self) -> dict:
         return {"num_heads": self.num_heads, "num_layers": self.num_layers, "own_lm_head": self.own_lm_head,
                 "rank_accuracy": self.rank_accuracy}
+
+    def init_from_data(self, counts: torch.Tensor) -> None:
+        self.token_counts.copy_(counts)
 
     def head_states(self, features: torch.Tensor, model: Transformer) -> torch.Tensor:
         """[n, D] target final residual streams -> [n, K, D] head outputs (before any LM head)."""
@@ -138,11 +143,12 @@ class MedusaHeads(Drafter):
                     ours[f"heads.{k}.{j}.linear.{p}"] = state.get(f"{k}.{j}.linear.{p}")
             if not shared:
                 ours[f"lm_heads.{k}.weight"] = state.get(f"{k}.{num_layers}.weight")
+        ours["token_counts"] = heads.token_counts     # the official layout keeps no counts
         missing = [k for k, v in ours.items() if v is None]
         if missing:
             raise SpecbenchError(f"{folder}: Medusa weights lack {missing[0]!r} (as named in our layout)")
         try:
-            heads.load_state_dict({k: v.float() for k, v in ours.items()}, strict=True)
+            heads.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ours.items()}, strict=True)
         except RuntimeError as e:
             raise SpecbenchError(f"{folder}: Medusa weights do not fit this model: {str(e).splitlines()[0]}") from e
         return heads

@@ -7,6 +7,10 @@ nodes with the highest estimated acceptance from the drafter's measured per-rank
 the default size depends on the device (a CPU pays per token verified, a GPU hardly does: see
 README, "Medusa"). Drafts are deterministic top-k picks, so exact sampling needs no draft
 distribution; `acceptance="typical"` selects Medusa's lossy typical acceptance instead.
+`draft_vocab=N` lets the heads score only the N tokens most often seen as assistant tokens in their
+training data (FR-Spec's frequency-ranked vocabulary, as `sps` and `eagle` do): on a CPU the heads'
+product with the 49,152-row LM head is most of a Medusa draft step. The drafts stay picks, so
+decoding stays exact.
 
 On CUDA the heads' step (norm, ResBlocks, LM head, top-k, the tree's picks) is one compiled,
 captured CUDA graph: run eagerly, its dozen small launches kept the device waiting 0.66 ms a step
@@ -21,22 +25,54 @@ import torch
 
 from ..cuda_graph import capture, compiling
 from ..drafters import Drafter, resolve_drafter
+from ..drafters.base import frequent_tokens
 from ..drafters.medusa import MedusaHeads, check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer
 from ..errors import SpecbenchError
-from ..model import Transformer
+from ..model import Transformer, fixed_linear
+from ..options import PositiveInt
 from ..tree import DraftTree, ancestor_mask, top_k_rows
 
 # default tree sizes, chosen by measurement (README, "Medusa"): CPU forwards cost per token; on
 # CUDA the root and 14 nodes fill the 16-row graph bucket, and 17 rows jump to the 64-row one
 DEFAULT_TREE_SIZE = {"cpu": 10, "cuda": 14}
+# default draft vocabulary by device: on the CPU 4,096 tokens cut the heads' step from 5.1 to 1.4 ms
+# with 1.55 against 1.56 tokens per step (1.15x against 1.08x vanilla; 2,048 tokens measured alike:
+# 1.2 ms, 1.54 tokens, 1.19x within the run's noise; experiments/cpu_medusa_vocab.yaml,
+# docs/results/cpu_medusa_vocab/). On CUDA the heads' step is one captured graph, not measured with
+# a draft vocabulary: the whole one. The default applies to heads that counted their training
+# tokens; others score the whole vocabulary.
+DEFAULT_DRAFT_VOCAB = {"cpu": 4096, "cuda": None}
+
+
+class DraftVocab:
+    """The `size` tokens that were most often assistant tokens in the heads' training data, and
+    the LM head rows (shared or each head's own) that score only them, packed for the device."""
+
+    def __init__(self, drafter: MedusaHeads, model: Transformer, size: int):
+        if not drafter.token_counts.any():
+            raise SpecbenchError("draft_vocab needs Medusa heads from `specbench train medusa` (they keep the "
+                                 "token counts of their training data, which rank the tokens)")
+        self.ids = frequent_tokens(drafter.token_counts, size).to(model.device)
+        weights = [model.lm_head.weight] if drafter.lm_heads is None else [lm.weight for lm in drafter.lm_heads]
+        self.heads = [fixed_linear(w.detach()[self.ids]) for w in weights]
+
+    def scores(self, states: torch.Tensor) -> torch.Tensor:
+        """[K, D] head states -> [K, size] logits of the draft vocabulary."""
+        if len(self.heads) == 1:
+            return self.heads[0](states)
+        return torch.stack([head(states[k]) for k, head in enumerate(self.heads)])
 
 
 def tree_tokens(drafter: MedusaHeads, model: Transformer, features: torch.Tensor, head: torch.Tensor,
-                rank: torch.Tensor, topk: int) -> torch.Tensor:
-    """The tree's tokens for one root feature [1, D]: node i is head[i]'s rank[i]-th choice."""
-    logits = drafter(features, model)[0]                              # [K, V]
-    return top_k_rows(logits, topk)[1][head, rank]
+                rank: torch.Tensor, topk: int, vocab: DraftVocab | None = None) -> torch.Tensor:
+    """The tree's tokens for one root feature [1, D]: node i is head[i]'s rank[i]-th choice (among
+    the draft vocabulary's tokens, if given)."""
+    if vocab is None:
+        logits = drafter(features, model)[0]                          # [K, V]
+        return top_k_rows(logits, topk)[1][head, rank]
+    scores = vocab.scores(drafter.head_states(features, model)[0])    # [K, size]
+    return vocab.ids[top_k_rows(scores, topk)[1][head, rank]]
 
 
 class GraphedTreeTokens:
@@ -45,11 +81,13 @@ class GraphedTreeTokens:
     captured it were freed with that proposer, and a later replay read reused memory as token
     indices (a device-side assert in a benchmark of several trees on the H200)."""
 
-    def __init__(self, drafter: MedusaHeads, model: Transformer, head: torch.Tensor, rank: torch.Tensor, topk: int):
+    def __init__(self, drafter: MedusaHeads, model: Transformer, head: torch.Tensor, rank: torch.Tensor, topk: int,
+                 vocab: DraftVocab | None):
         self.features = torch.zeros(1, model.args.hidden_size, dtype=model.dtype, device=model.device)
-        self.head, self.rank = head.clone(), rank.clone()
+        self.head, self.rank, self.vocab = head.clone(), rank.clone(), vocab
         self.graph, self.out = capture(
-            lambda: tree_tokens(drafter, model, self.features, self.head, self.rank, topk), self, compiling())
+            lambda: tree_tokens(drafter, model, self.features, self.head, self.rank, topk, self.vocab), self,
+            compiling())
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         self.features.copy_(features)
@@ -63,15 +101,19 @@ class Medusa(Proposer):
     Options:
     drafter: None: the one shipped for the default model
     tree: a node count, None: by device, or index paths
+    draft_vocab: None: by device (CPU 4096 where the heads counted their training tokens, else the whole vocabulary)
     """
 
     def __init__(self, model: Transformer, drafter: Path | Drafter | None = None, tree: int | list | None = None,
                  acceptance: Literal["exact", "typical"] = "exact", typical_threshold: float = 0.09,
-                 typical_alpha: float = 0.3):
+                 typical_alpha: float = 0.3, draft_vocab: PositiveInt | None = None):
         if not 0 < typical_threshold <= 1 or not 0 < typical_alpha <= 1:
             raise SpecbenchError("typical_threshold and typical_alpha must be in (0, 1]")
         if isinstance(tree, bool) or (isinstance(tree, int) and tree < 1):
             raise SpecbenchError(f"tree must be a node count >= 1 or a list of index paths, got {tree!r}")
+        if draft_vocab is not None and draft_vocab > model.args.vocab_size:
+            raise SpecbenchError(f"draft_vocab must be a token count in 1..{model.args.vocab_size} or None, "
+                                 f"got {draft_vocab!r}")
         self.drafter = resolve_drafter(drafter, model, "medusa")
         heads = self.drafter.num_heads
         if tree is None:
@@ -84,6 +126,12 @@ class Medusa(Proposer):
         # mask and positions there instead of on the host while the device waits
         self.ancestors = ancestor_mask(self.parents)[1:, 1:].to(model.device)
         self.topk = int(rank.max()) + 1
+        if draft_vocab is None and self.drafter.token_counts.any():
+            draft_vocab = DEFAULT_DRAFT_VOCAB.get(model.device.type)
+        if draft_vocab is not None and draft_vocab < self.topk:
+            raise SpecbenchError(f"draft_vocab={draft_vocab} is below the tree's {self.topk} choices per head")
+        self.vocab = None if draft_vocab is None or draft_vocab >= model.args.vocab_size else \
+            DraftVocab(self.drafter, model, draft_vocab)
         self.max_nodes = len(self.paths)
         self.feature_layers = (model.args.num_layers,)
         self.lossless = self.lossless_with({"acceptance": acceptance})
@@ -104,12 +152,14 @@ class Medusa(Proposer):
         generations (a capture costs seconds), else the eager function."""
         model = ctx.model
         if model.device.type != "cuda":
-            self.draft = lambda features: tree_tokens(self.drafter, model, features, self.head, self.rank, self.topk)
+            self.draft = lambda features: tree_tokens(self.drafter, model, features, self.head, self.rank, self.topk,
+                                                      self.vocab)
             return
-        key = (tuple(self.paths), id(model), model.dtype)
+        size = None if self.vocab is None else len(self.vocab.ids)
+        key = (tuple(self.paths), id(model), model.dtype, size)
         graphs = self.drafter.__dict__.setdefault("_graphed", {})
         if key not in graphs:
-            graphs[key] = GraphedTreeTokens(self.drafter, model, self.head, self.rank, self.topk)
+            graphs[key] = GraphedTreeTokens(self.drafter, model, self.head, self.rank, self.topk, self.vocab)
         self.draft = graphs[key]
 
     def stats(self) -> dict:
