@@ -298,3 +298,15 @@ def test_draft_vocab_keeps_greedy_identity_and_drafts_only_frequent_tokens(tiny,
         specbench.generate(tiny, [1, 2], method="sps", draft=distilled, draft_vocab=17)
     with pytest.raises(specbench.SpecbenchError, match="draft_vocab needs a draft from `specbench train draft`"):
         specbench.generate(tiny, [1, 2], method="sps", draft="target:1", draft_vocab=8)
+
+
+def test_default_draft_vocab_applies_only_to_drafts_with_counts(tiny, distilled, monkeypatch):
+    """The device's default draft vocabulary restricts a distilled draft (it counted its training
+    tokens); the target's own first layers count nothing and keep the whole vocabulary."""
+    from specbench.drafters.base import frequent_tokens
+    from specbench.strategies import sps
+    monkeypatch.setitem(sps.DEFAULT_DRAFT_VOCAB, "cpu", 6)
+    counts = specbench.load_drafter(distilled, tiny).token_counts
+    assert torch.equal(make_proposer("sps", tiny, draft=distilled).vocab, frequent_tokens(counts, 6))
+    assert make_proposer("sps", tiny, draft="target:1").vocab is None
+    assert make_proposer("sps", tiny, draft=distilled, draft_vocab=16).vocab is None     # the whole one
