@@ -14,9 +14,12 @@ while the RMSNorm before it, the SiLU gate and the residual add after it were ke
   rounds each of those ops.
 * `residual` given: the product, rounded to the dtype, is added to it (x + Linear(...)).
 
-Each program owns BLOCK_N outputs and walks K in BLOCK_K steps (no split-K, so no atomics and a
-fixed order), multiplying elementwise and summing once at the end: one row needs no matrix unit.
-Numerics "fast" uses it where `handles` says (specbench.numerics.fused_linear).
+Each program owns BLOCK_N outputs and loads their weight rows over all of K at once (no split-K, so
+no atomics and a fixed order), then multiplies each row elementwise and sums once: one row needs
+no matrix unit. Numerics "fast" uses it for one row where `handles` says
+(specbench.numerics.fused_linear). It takes any number of rows, each reduced by the same
+instructions, but each further row costs about 0.7 us per product (docs/results/gpu_invariant_attention_h200/),
+so batch_invariant numerics use the tiles below instead.
 
 `invariant_linear` is the same fusion (without the residual add) for numerics "batch_invariant",
 at any row count: tiles of 16 rows by 16 or 32 outputs on the tensor cores (tl.dot), K in one step
