@@ -27,8 +27,9 @@ from ..tree import DraftTree
 
 GRAPHED_TOKENS = BUCKETS[1]   # the draft's decoding forwards (1 or 2 new tokens); prefill runs eager
 # draft tokens per step by device: on the CPU, 2 was the fastest of 2..5 with the shipped draft
-# (0.68x vanilla against 0.45x at 5; experiments/cpu_draft.yaml, docs/results/cpu_draft/); the
-# CUDA value is the common setting, not yet measured here
+# (0.68x vanilla against 0.45x at 5; experiments/cpu_draft.yaml, docs/results/cpu_draft/), and of
+# 1..3 with the 4,096-token draft vocabulary (1.05x against 0.98x; experiments/cpu_sps_num_draft.yaml);
+# the CUDA value is the common setting
 DEFAULT_NUM_DRAFT = {"cpu": 2, "cuda": 5}
 # draft vocabulary by device: on the CPU 4,096 tokens, the head's rows packed, cut the shipped
 # draft's step from 17.2 to 9.9 ms with the same 1.35 tokens per step (1.06x against 0.90x vanilla;
