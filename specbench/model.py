@@ -143,6 +143,12 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self.__dict__.get("_packed")
         if packed is not None and not torch.is_grad_enabled() and packed[1] == self._key():
+            if x.dim() == 2 and x.shape[0] == 2 and x.dtype == torch.float32:
+                # oneDNN's float32 product over exactly 2 rows is slow: the default model's forward
+                # over 2 tokens took 41.2 ms, and 36.2 ms with 2 rows padded to 3 (3 tokens: 35.3;
+                # experiments/cpu_two_rows.py, docs/results/cpu_two_rows/)
+                x = torch.cat([x, x.new_zeros(1, x.shape[1])])
+                return torch.ops.mkldnn._linear_pointwise(x, packed[0], self.bias, "none", [], "")[:2]
             return torch.ops.mkldnn._linear_pointwise(x, packed[0], self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 

@@ -183,3 +183,16 @@ def test_packed_linear_is_used_only_while_valid():
     assert "_packed" not in copied.layers[0].w13.__dict__
     tied = prof.shape_model("default")                       # SmolLM2 ties its LM head to the embedding
     assert tied.lm_head.weight is tied.embed.weight and tied.lm_head._packed[1] == tied.lm_head._key()
+
+
+def test_packed_linear_computes_two_rows_as_three():
+    """A float32 product over exactly 2 rows runs as one over 3 (a zero row added; oneDNN is slow
+    at 2): the rows equal those of the 3-row call bit for bit and F.linear's within rounding."""
+    model = specbench.random_model(vocab_size=16, num_layers=1, hidden_size=32)
+    lin = model.layers[0].w13
+    x = torch.randn(2, 32)
+    with torch.inference_mode():
+        two = lin(x)
+        assert two.shape == (2, lin.out_features)
+        assert torch.equal(two, lin(torch.cat([x, torch.zeros(1, 32)]))[:2])
+        torch.testing.assert_close(two, torch.nn.functional.linear(x, lin.weight), rtol=1e-5, atol=1e-5)
