@@ -59,8 +59,11 @@ from ..tree import DraftTree, depths, top_k_rows
 # (1.04x against 0.93x with 2.31 against 2.36 tokens per step, docs/results/gpu_draft_step_h200/),
 # as did experiments/cpu_eagle_vocab.yaml on the CPU (1.08x against 0.99x, a draft step of 12.5
 # against 20.3 ms; docs/results/cpu_eagle_vocab/). A default draft_vocab applies to drafters that
-# counted their training tokens; others draft over the whole vocabulary.
-DEFAULTS = {"cpu": {"depth": 3, "draft_top_k": 4, "total_tokens": 10, "draft_vocab": 4096},
+# counted their training tokens; others draft over the whole vocabulary. CPU trees of 5 tokens since
+# session 30: the CPU's forward over 6 rows costs what one over 1 does, over 7 or more about 15%
+# more (oneDNN), and experiments/cpu_small_trees.yaml measured 1.47x against 1.27x for 10 tokens
+# (docs/results/cpu_small_trees/).
+DEFAULTS = {"cpu": {"depth": 3, "draft_top_k": 4, "total_tokens": 5, "draft_vocab": 4096},
             "cuda": {"depth": 3, "draft_top_k": 10, "total_tokens": 60, "draft_vocab": 4096}}
 MAX_NODES = BUCKETS[-1] - 1     # the root and the tree must fit the largest target forward
 

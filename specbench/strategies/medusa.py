@@ -33,9 +33,11 @@ from ..model import Transformer, fixed_linear
 from ..options import PositiveInt
 from ..tree import DraftTree, ancestor_mask, top_k_rows
 
-# default tree sizes, chosen by measurement (README, "Medusa"): CPU forwards cost per token; on
-# CUDA the root and 14 nodes fill the 16-row graph bucket, and 17 rows jump to the 64-row one
-DEFAULT_TREE_SIZE = {"cpu": 10, "cuda": 14}
+# default tree sizes, chosen by measurement (README, "Medusa"): on the CPU the root and 5 nodes cost
+# what one token does and 7 rows about 15% more (oneDNN; 1.34x against 1.17x for 10 nodes,
+# experiments/cpu_small_trees.yaml, docs/results/cpu_small_trees/); on CUDA the root and 14 nodes
+# fill the 16-row graph bucket, and 17 rows jump to the 64-row one
+DEFAULT_TREE_SIZE = {"cpu": 5, "cuda": 14}
 # default draft vocabulary by device: on the CPU 4,096 tokens cut the heads' step from 5.1 to 1.4 ms
 # with 1.55 against 1.56 tokens per step (1.15x against 1.08x vanilla; 2,048 tokens measured alike:
 # 1.2 ms, 1.54 tokens, 1.19x within the run's noise; experiments/cpu_medusa_vocab.yaml,
