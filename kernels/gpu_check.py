@@ -452,12 +452,13 @@ def invariant_checks(models: dict = MODELS, device: str = "cuda", dtypes=(torch.
             kwargs = {k: v for k, v in kwargs.items() if k != "residual"}
             x = 3 * _randn(max(row_counts), w.shape[1], dtype=dtype, device=device, seed=21)
             for rows in row_counts:
+                ref = skinny_linear_reference(x[:rows], w, **kwargs)
                 got = invariant_linear(x[:rows], w, **kwargs)
-                err = rel_err(got, skinny_linear_reference(x[:rows], w, **kwargs))
+                err = rel_err(got, ref)
                 alone = all(torch.equal(invariant_linear(x[i:i + 1], w, **kwargs), got[i:i + 1])
                             for i in {0, rows - 1})
                 by_rows = skinny_linear(x[:rows], w, **kwargs)     # the row-loop kernel, no residual
-                err_rows = rel_err(by_rows, skinny_linear_reference(x[:rows], w, **kwargs))
+                err_rows = rel_err(by_rows, ref)
                 alone_rows = all(torch.equal(skinny_linear(x[i:i + 1], w, **kwargs), by_rows[i:i + 1])
                                  for i in {0, rows - 1})
                 row = {"stage": "invariant", "model": name, "what": what.replace("+residual", ""),

@@ -63,11 +63,12 @@ class DraftModel(Proposer):
         self.draft, self.num_draft = draft, num_draft
         self.max_nodes = num_draft
         self.vocab = self.head = None
-        if draft_vocab is None and getattr(draft, "token_counts", None) is not None and draft.token_counts.any():
+        counts = getattr(draft, "token_counts", None)
+        counted = counts is not None and bool(counts.any())
+        if draft_vocab is None and counted:
             draft_vocab = DEFAULT_DRAFT_VOCAB.get(model.device.type)
         if draft_vocab is not None and draft_vocab < vocab:
-            counts = getattr(draft, "token_counts", None)
-            if counts is None or not counts.any():
+            if not counted:
                 raise SpecbenchError("draft_vocab needs a draft from `specbench train draft` (it counts the tokens "
                                      "of its training data to rank them)")
             # the most frequent tokens; the head is those rows of the LM head
