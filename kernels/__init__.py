@@ -16,3 +16,21 @@ would collide with the PyPI package of that name). Modules:
 
 Nothing is imported here, so `import specbench_kernels` needs no triton; the modules do.
 """
+
+if __name__ == "kernels":
+    # Imported as `kernels`: the repository root is on sys.path (`python -m pytest` or `python -c`
+    # run there) and this folder shadows the PyPI package `kernels`, which transformers (5.x
+    # requires it) imports while loading GGUF files and models. Put that package in this
+    # module's place: the import statement hands the caller whatever sys.modules then holds.
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _spec = importlib.machinery.PathFinder.find_spec(
+        "kernels", [p for p in sys.path if os.path.abspath(p or ".") != _root])
+    if _spec is not None:
+        _real = importlib.util.module_from_spec(_spec)
+        sys.modules["kernels"] = _real
+        _spec.loader.exec_module(_real)

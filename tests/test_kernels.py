@@ -421,3 +421,22 @@ def test_model_on_kernels_lookahead_equals_vanilla_bitwise(kernels_on_cpu):
             logits = model(tokens[j:j + 1], torch.tensor([cache.length]), cache).logits
             cache.length += 1
         assert torch.equal(logits[0], tree_logits[i]), i
+
+
+# ---- the folder's name ----------------------------------------------------------------------
+
+def test_repository_root_does_not_shadow_the_pypi_kernels_package():
+    """Run from the repository root (`python -m pytest`, `python -c`), `import kernels` must give the
+    PyPI package that transformers imports while it loads GGUF files, not this folder: with the
+    folder in its place transformers 5.x failed (`cannot import name 'CUDAProperties'`)."""
+    import importlib.metadata
+    try:
+        importlib.metadata.version("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the PyPI package kernels is not installed (transformers < 5 does not need it)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "import kernels, os; print(os.path.abspath(kernels.__file__)); print(hasattr(kernels, 'get_kernel'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    path, has_api = out.stdout.split()
+    assert not path.startswith(os.path.join(root, "kernels") + os.sep) and has_api == "True", out.stdout
