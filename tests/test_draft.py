@@ -296,7 +296,7 @@ def test_draft_vocab_keeps_greedy_identity_and_drafts_only_frequent_tokens(tiny,
     assert seen_drafts and seen_drafts <= frequent
     with pytest.raises(specbench.SpecbenchError, match="draft_vocab must be a token count in 1..16"):
         specbench.generate(tiny, [1, 2], method="sps", draft=distilled, draft_vocab=17)
-    with pytest.raises(specbench.SpecbenchError, match="draft_vocab needs a draft from `specbench train draft`"):
+    with pytest.raises(specbench.SpecbenchError, match="draft_vocab needs a drafter from `specbench train draft`"):
         specbench.generate(tiny, [1, 2], method="sps", draft="target:1", draft_vocab=8)
 
 

@@ -103,11 +103,13 @@ def test_default_draft_vocab_applies_only_where_it_can(target, trained, monkeypa
     holds, drafts over the whole vocabulary instead of failing; EAGLE-3 keeps its own head."""
     from specbench.strategies import eagle
     monkeypatch.setitem(eagle.DEFAULTS, "cpu", {**eagle.DEFAULTS["cpu"], "draft_vocab": 6})
-    assert eagle.Eagle(target, drafter=trained).draft_vocab == 6
-    assert eagle.Eagle(target, drafter=trained, draft_top_k=7).draft_vocab is None
-    assert eagle.Eagle(target, drafter=trained, draft_vocab=9).draft_vocab == 9
-    assert eagle.Eagle(target, drafter=specbench.random_drafter(target, "eagle", seed=0)).draft_vocab is None
-    assert eagle.Eagle3(target, drafter=specbench.random_drafter(target, "eagle3", seed=0)).draft_vocab is None
+    def size(proposer):
+        return None if proposer.vocab_ids is None else len(proposer.vocab_ids)
+    assert size(eagle.Eagle(target, drafter=trained)) == 6
+    assert size(eagle.Eagle(target, drafter=trained, draft_top_k=7)) is None
+    assert size(eagle.Eagle(target, drafter=trained, draft_vocab=9)) == 9
+    assert size(eagle.Eagle(target, drafter=specbench.random_drafter(target, "eagle", seed=0))) is None
+    assert size(eagle.Eagle3(target, drafter=specbench.random_drafter(target, "eagle3", seed=0))) is None
 
 
 # ---- the drafted trees against a slow construction: fresh forwards, no cache reuse ------------------
@@ -278,7 +280,8 @@ def test_no_shipped_drafter_for_other_models(target):
     ({"tree": [[0, 0]]}, "lacks its parent"),
     ({"tree": []}, "at least one"),
     ({"tree": [[16]]}, "indices must be in 0..15"),
-    ({"draft_vocab": 0}, "draft_vocab must be an integer >= 1"),
+    ({"draft_vocab": 0}, "option draft_vocab of method 'eagle' must be int >= 1 or None, got 0"),
+    ({"draft_vocab": 17}, "draft_vocab must be a token count in 1..16 or None, got 17"),
     ({"draft_vocab": 8}, "draft_vocab needs a drafter from `specbench train eagle`"),
 ])
 def test_bad_options(target, options, match):

@@ -183,12 +183,12 @@ def test_draft_vocab_drafts_only_frequent_tokens(own_lm_head, monkeypatch):
 
 def test_draft_vocab_refusals(target):
     drafter = specbench.random_drafter(target, "medusa", seed=0)      # random heads count no tokens
-    with pytest.raises(specbench.SpecbenchError, match="draft_vocab needs Medusa heads from `specbench train medusa`"):
+    with pytest.raises(specbench.SpecbenchError, match="draft_vocab needs a drafter from `specbench train medusa`"):
         specbench.generate(target, [1, 2], method="medusa", drafter=drafter, draft_vocab=8)
     drafter.init_from_data(torch.ones(16, dtype=torch.long))
     with pytest.raises(specbench.SpecbenchError, match="draft_vocab must be a token count in 1..16"):
         specbench.generate(target, [1, 2], method="medusa", drafter=drafter, draft_vocab=17)
-    with pytest.raises(specbench.SpecbenchError, match="below the tree's 3 choices per head"):
+    with pytest.raises(specbench.SpecbenchError, match="draft_vocab 2 is smaller than the 3 choices drafted per node"):
         specbench.generate(target, [1, 2], method="medusa", drafter=drafter, tree=[[0], [1], [2]], draft_vocab=2)
 
 

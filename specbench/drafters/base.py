@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -76,6 +77,19 @@ class Drafter(nn.Module):
         """Settle what the training data decides before training starts, given how often each
         token is a target there (EAGLE-3: its draft vocabulary). The others need nothing."""
 
+    def cast(self, dtype: torch.dtype) -> "Drafter":
+        """This drafter with its weights in `dtype` (see `run_dtype`): itself when it already is,
+        else a copy made once and kept (the copy keeps its own packed weights and draft steps)."""
+        if next(self.parameters()).dtype == dtype:
+            return self
+        copies = self.__dict__.setdefault("_casts", {})
+        if dtype not in copies:
+            copy = type(self)(self.target, **self.config())
+            copy.load_state_dict(self.state_dict())
+            device = next(self.parameters()).device
+            copies[dtype] = copy.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        return copies[dtype]
+
     def check_target(self, model: Transformer) -> None:
         why = signature_mismatch(self.target, model)
         if why is not None:
@@ -94,10 +108,58 @@ class Drafter(nn.Module):
         return folder
 
 
+DRAFT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                "float64": torch.float64}
+DraftDtype = Literal["float32", "bfloat16", "float16", "float64"]     # the keys of DRAFT_DTYPES
+
+
+def run_dtype(model: Transformer, draft_dtype: str | None) -> torch.dtype:
+    """The dtype a drafter runs in (the `draft_dtype` option of sps, eagle and eagle3): the one
+    named, else bfloat16 for a float32 target on a CPU with native bfloat16 products (oneDNN on
+    AVX512-BF16 or AMX), else the target's. A drafter only proposes: the target verifies in its
+    own dtype, so the output stays the target's and only the drafts (and their cost) change. On a
+    CPU a small draft's products stream its weights from memory, and bfloat16 halves the bytes:
+    README, "Drafters in bfloat16 on the CPU", has the measurement."""
+    if draft_dtype is not None:
+        if draft_dtype not in DRAFT_DTYPES:
+            raise SpecbenchError(f"draft_dtype must be one of {', '.join(DRAFT_DTYPES)} or None, got {draft_dtype!r}")
+        return DRAFT_DTYPES[draft_dtype]
+    if model.device.type == "cpu" and model.dtype == torch.float32 and cpu_bfloat16_native():
+        return torch.bfloat16
+    return model.dtype
+
+
+def cpu_bfloat16_native() -> bool:
+    """Whether this CPU multiplies bfloat16 natively through oneDNN (else bf16 is emulated and slow)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def frequent_tokens(counts: torch.Tensor, n: int) -> torch.Tensor:
     """The n tokens a drafter most often saw as targets in training (ties: the lower id), in id
-    order: a draft vocabulary (FR-Spec) for the `draft_vocab` of `sps`, `medusa` and `eagle`."""
+    order: a draft vocabulary (FR-Spec; `draft_vocabulary`), and EAGLE-3's own."""
     return torch.sort(counts.neg(), stable=True).indices[:n].sort().values
+
+
+def draft_vocabulary(size: int | None, counts: torch.Tensor | None, default: int | None, vocab_size: int,
+                     ranks: int, kind: str) -> torch.Tensor | None:
+    """The token ids a draft scores under the `draft_vocab` option of sps, medusa and eagle (FR-Spec),
+    in id order, or None for the whole vocabulary. `size` None takes the device's `default` where
+    the drafter counted its training tokens and the default holds the `ranks` choices drafted per
+    node; a size at the vocabulary's is the whole one. The drafts stay picks or samples of the
+    draft's own distribution (zero outside these ids), so decoding stays exact."""
+    if size is not None and not 1 <= size <= vocab_size:
+        raise SpecbenchError(f"draft_vocab must be a token count in 1..{vocab_size} or None, got {size!r}")
+    counted = counts is not None and bool(counts.any())
+    if size is None and counted and default is not None and default >= ranks:
+        size = default
+    if size is None or size >= vocab_size:
+        return None
+    if not counted:
+        raise SpecbenchError(f"draft_vocab needs a drafter from `specbench train {kind}` (it counts the tokens "
+                             f"of its training data to rank them)")
+    if size < ranks:
+        raise SpecbenchError(f"draft_vocab {size} is smaller than the {ranks} choices drafted per node")
+    return frequent_tokens(counts, size)
 
 
 def read_json(path: Path) -> dict:

@@ -145,6 +145,25 @@ class DraftLayers(Drafter):
         return view
 
 
+def draft_in(draft: Transformer, dtype: torch.dtype) -> Transformer:
+    """`draft` with its weights in `dtype` (sps's `draft_dtype`): itself when it already is, else a
+    copy made once and kept on it (embedding and LM head included: a bfloat16 draft on a float32
+    target reads no float32 weight). The copy shares the tokenizer and RoPE frequencies."""
+    if draft.dtype == dtype:
+        return draft
+    copies = draft.__dict__.setdefault("_casts", {})
+    if dtype not in copies:
+        with torch.device("meta"):
+            copy = Transformer(draft.args)
+        copy.to_empty(device=draft.device)          # tied embedding and LM head stay one Parameter
+        copy.load_state_dict(draft.state_dict())
+        copy.inv_freq = draft.inv_freq
+        copy.to(dtype).eval().requires_grad_(False)
+        copy.tokenizer, copy.name, copy.numerics = draft.tokenizer, draft.name, draft.numerics
+        copies[dtype] = copy
+    return copies[dtype]
+
+
 def load_draft(folder: str | os.PathLike, model: Transformer) -> Transformer:
     """A compact draft folder as an ordinary Transformer for `model` (its target)."""
     from . import load_drafter

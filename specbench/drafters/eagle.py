@@ -184,13 +184,14 @@ class EagleDraft(Drafter):
         return (model.args.num_layers,)
 
     def draft_input(self, raw: torch.Tensor, model: Transformer) -> torch.Tensor:
-        """The draft's row input from the target's raw feature layers: the normed final stream."""
-        return self.feature(raw, model)
+        """The draft's row input from the target's raw feature layers: the normed final stream (in
+        the drafter's dtype, which may differ from the target's)."""
+        return self.feature(raw, model).to(self.fc.weight.dtype)
 
     def draft_logits(self, h: torch.Tensor, model: Transformer) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits of the draft's output h and the target ids of their columns (None: all, in order):
-        EAGLE-1/2 read the target's own LM head."""
-        return model.lm_head(h), None
+        EAGLE-1/2 read the target's own LM head (in the target's dtype)."""
+        return model.lm_head(h.to(model.dtype)), None
 
     def init_from_target(self, model: Transformer) -> None:
         """Training starts from PyTorch's default initialisation, as the official training does

@@ -68,15 +68,16 @@ class MedusaHeads(Drafter):
         self.token_counts.copy_(counts)
 
     def head_states(self, features: torch.Tensor, model: Transformer) -> torch.Tensor:
-        """[n, D] target final residual streams -> [n, K, D] head outputs (before any LM head)."""
-        h = model.norm(features)
+        """[n, D] target final residual streams -> [n, K, D] head outputs (before any LM head), in
+        the heads' dtype (which may differ from the target's)."""
+        h = model.norm(features).to(self.heads[0][0].linear.weight.dtype)
         return torch.stack([head(h) for head in self.heads], dim=-2)
 
     def forward(self, features: torch.Tensor, model: Transformer) -> torch.Tensor:
         """[n, D] -> logits [n, K, V]."""
         states = self.head_states(features, model)
         if self.lm_heads is None:
-            return model.lm_head(states)
+            return model.lm_head(states.to(model.dtype))
         return torch.stack([lm(states[..., k, :]) for k, lm in enumerate(self.lm_heads)], dim=-2)
 
     def init_from_target(self, model: Transformer) -> None:

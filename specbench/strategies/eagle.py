@@ -39,13 +39,14 @@ import torch
 
 from ..cuda_graph import BUCKETS, capture, compiling
 from ..drafters import Drafter, resolve_drafter
-from ..drafters.base import frequent_tokens
+from ..drafters.base import DraftDtype, draft_vocabulary, run_dtype
 from ..drafters.eagle import EagleDraft
 from ..drafters.eagle3 import Eagle3Draft
 from ..drafters.medusa import check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
 from ..model import Transformer, fixed_linear, send
+from ..options import PositiveInt
 from ..tree import DraftTree, depths, top_k_rows
 
 # default settings per device: a CPU pays per draft level (above all the LM head) and per verified
@@ -201,8 +202,9 @@ class DraftStep:
 
     def __init__(self, model: Transformer, drafter: EagleDraft | Eagle3Draft, plan, max_len: int, vocab: torch.Tensor | None):
         self.model, self.drafter, self.plan, self.vocab = model, drafter, plan, vocab
-        self.head = None if vocab is None else fixed_linear(model.lm_head.weight[vocab])
-        self.cache = drafter.new_cache(max_len, model.device, model.dtype)
+        dtype = next(drafter.parameters()).dtype       # the drafter's own (`draft_dtype`)
+        self.head = None if vocab is None else fixed_linear(model.lm_head.weight[vocab].to(dtype))
+        self.cache = drafter.new_cache(max_len, model.device, dtype)
 
     def rows(self, feats, tokens, positions, slots, mask) -> torch.Tensor:
         return self.drafter(feats, tokens, positions, self.cache, mask, self.model, slots=slots, span=mask.shape[1])
@@ -269,15 +271,17 @@ class GraphedDraftStep(DraftStep):
         return tuple(o if o is None or o.device.type == "cpu" else o.clone() for o in self.out)
 
 
-def draft_step(model: Transformer, drafter: EagleDraft | Eagle3Draft, plan, need: int, draft_vocab: int | None) -> DraftStep:
-    """The drafter's step for this tree, draft vocabulary and at least `need` cache slots, kept
-    across generations (a CUDA graph costs a capture; sizes are rounded up to 1024)."""
+def draft_step(model: Transformer, drafter: EagleDraft | Eagle3Draft, plan, need: int,
+               vocab: torch.Tensor | None) -> DraftStep:
+    """The drafter's step for this tree, draft vocabulary (its token ids, from the drafter's counts:
+    keyed by their number) and at least `need` cache slots, kept across generations (a CUDA graph
+    costs a capture; sizes are rounded up to 1024)."""
     size = -(-need // 1024) * 1024
-    key = (plan.key, draft_vocab, size, str(model.device), model.dtype, id(model))
+    key = (plan.key, None if vocab is None else len(vocab), size, str(model.device), model.dtype, id(model))
     steps = drafter.__dict__.setdefault("_steps", {})
     if key not in steps:
         plan = plan.to(model.device)
-        vocab = None if draft_vocab is None else frequent_tokens(drafter.token_counts, draft_vocab).to(model.device)
+        vocab = None if vocab is None else vocab.to(model.device)
         steps[key] = GraphedDraftStep(model, drafter, plan, size, vocab, plan.depth + 1) \
             if model.device.type == "cuda" else DraftStep(model, drafter, plan, size, vocab)
     return steps[key]
@@ -292,23 +296,23 @@ class Eagle(Proposer):
     draft_top_k: None: by device
     total_tokens: None: by device
     draft_vocab: None: by device
+    draft_dtype: None: bfloat16 for a float32 target on a CPU with native bfloat16, else the target's
     """
     kind = "eagle"
     own_vocabulary = False           # EAGLE-3's head scores its own vocabulary: no draft_vocab there
 
     def __init__(self, model: Transformer, drafter: Path | Drafter | None = None, tree: str | list = "dynamic", depth: int | None = None,
-                 draft_top_k: int | None = None, total_tokens: int | None = None, draft_vocab: int | None = None):
-        self.setup(model, drafter, tree, depth, draft_top_k, total_tokens, draft_vocab)
+                 draft_top_k: int | None = None, total_tokens: int | None = None, draft_vocab: PositiveInt | None = None,
+                 draft_dtype: DraftDtype | None = None):
+        self.setup(model, drafter, tree, depth, draft_top_k, total_tokens, draft_vocab, draft_dtype)
 
     def setup(self, model: Transformer, drafter, tree: str | list, depth: int | None, draft_top_k: int | None,
-              total_tokens: int | None, draft_vocab: int | None) -> None:
+              total_tokens: int | None, draft_vocab: int | None, draft_dtype: str | None) -> None:
         """Checks the options, resolves the drafter of `self.kind` and builds the tree plan."""
         given = {name: value for name, value in (("depth", depth), ("draft_top_k", draft_top_k),
                                                  ("total_tokens", total_tokens)) if value is not None}
         for name, value in given.items():
             _count(name, value)
-        if draft_vocab is not None:
-            _count("draft_vocab", draft_vocab)
         if isinstance(tree, str) and tree not in ("static", "dynamic"):
             raise SpecbenchError(f"tree must be 'dynamic', 'static' or a list of index paths, got {tree!r}")
         if not isinstance(tree, (str, list, tuple)):
@@ -323,6 +327,7 @@ class Eagle(Proposer):
                                  f"got {settings['draft_top_k']}")
         if settings["total_tokens"] > MAX_NODES:
             raise SpecbenchError(f"total_tokens must be at most {MAX_NODES}, got {settings['total_tokens']}")
+        dtype = run_dtype(model, draft_dtype)
         self.drafter = resolve_drafter(drafter, model, self.kind)
         if tree == "dynamic":
             self.plan = DynamicTree(settings["depth"], settings["draft_top_k"], settings["total_tokens"])
@@ -336,38 +341,23 @@ class Eagle(Proposer):
                 if len(paths) > MAX_NODES:
                     raise SpecbenchError(f"tree must hold at most {MAX_NODES} paths, got {len(paths)}")
             self.plan = StaticTree(paths)
-        if draft_vocab is None and not self.own_vocabulary:
-            # the device's default, where the drafter can take it; else the whole vocabulary
-            default = defaults["draft_vocab"]
-            if default is not None and self.drafter.token_counts.any() and default >= self.ranks():
-                draft_vocab = default
-        self.draft_vocab = None if draft_vocab is None else self._check_draft_vocab(draft_vocab, vocab)
+        self.vocab_ids = None if self.own_vocabulary else draft_vocabulary(
+            draft_vocab, self.drafter.token_counts, defaults["draft_vocab"], vocab, self.ranks(), "eagle")
         self.tree_kind = tree if isinstance(tree, str) else "static"
         self.model = model
         self.max_nodes = self.plan.size
         self.feature_layers = self.drafter.feature_layers(model)
+        self.drafter = self.drafter.cast(dtype)
 
     def ranks(self) -> int:
         """How many choices the tree takes per node at most (a draft vocabulary must hold them)."""
         return self.plan.top_k if isinstance(self.plan, DynamicTree) else 1 + max(max(p) for p in self.plan.paths)
 
-    def _check_draft_vocab(self, draft_vocab: int, vocab: int) -> int | None:
-        """The draft vocabulary's size (None: the whole vocabulary); it must hold every rank drafted."""
-        if draft_vocab >= vocab:
-            return None
-        if not self.drafter.token_counts.any():
-            raise SpecbenchError("draft_vocab needs a drafter from `specbench train eagle` (it counts the tokens "
-                                 "of its training data to rank them)")
-        ranks = self.ranks()
-        if draft_vocab < ranks:
-            raise SpecbenchError(f"draft_vocab {draft_vocab} is smaller than the {ranks} choices drafted per node")
-        return draft_vocab
-
     def begin(self, ctx: DecodeContext) -> None:
         n = len(ctx.tokens)
         self.step = draft_step(self.model, self.drafter, self.plan,
                                ctx.prompt_len + ctx.max_new_tokens + self.plan.depth + self.plan.tree_rows + 2,
-                               self.draft_vocab)
+                               self.vocab_ids)
         self.length = 0                        # draft cache rows (row j: token j + 1)
         self.pending = None                    # (tokens, raw target features) of rows to write next
         if ctx.prefill_features is None:       # a one-token prompt: nothing to draft from yet
@@ -406,13 +396,14 @@ class Eagle3(Eagle):
     depth: None: by device
     draft_top_k: None: by device
     total_tokens: None: by device
+    draft_dtype: None: bfloat16 for a float32 target on a CPU with native bfloat16, else the target's
     """
     kind = "eagle3"
     own_vocabulary = True
 
     def __init__(self, model: Transformer, drafter: Path | Drafter | None = None, tree: str | list = "dynamic", depth: int | None = None,
-                 draft_top_k: int | None = None, total_tokens: int | None = None):
-        self.setup(model, drafter, tree, depth, draft_top_k, total_tokens, None)
+                 draft_top_k: int | None = None, total_tokens: int | None = None, draft_dtype: DraftDtype | None = None):
+        self.setup(model, drafter, tree, depth, draft_top_k, total_tokens, None, draft_dtype)
         width = len(self.drafter.draft_ids)
         ranks = self.ranks()
         if ranks > width:

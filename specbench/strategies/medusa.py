@@ -25,7 +25,7 @@ import torch
 
 from ..cuda_graph import capture, compiling
 from ..drafters import Drafter, resolve_drafter
-from ..drafters.base import frequent_tokens
+from ..drafters.base import DraftDtype, draft_vocabulary, run_dtype
 from ..drafters.medusa import MedusaHeads, check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer
 from ..errors import SpecbenchError
@@ -48,16 +48,15 @@ DEFAULT_DRAFT_VOCAB = {"cpu": 4096, "cuda": None}
 
 
 class DraftVocab:
-    """The `size` tokens that were most often assistant tokens in the heads' training data, and
-    the LM head rows (shared or each head's own) that score only them, packed for the device."""
+    """The draft vocabulary's tokens (`draft_vocabulary`: those most often assistant tokens in the
+    heads' training data), and the LM head rows (shared or each head's own) that score only them,
+    packed for the device."""
 
-    def __init__(self, drafter: MedusaHeads, model: Transformer, size: int):
-        if not drafter.token_counts.any():
-            raise SpecbenchError("draft_vocab needs Medusa heads from `specbench train medusa` (they keep the "
-                                 "token counts of their training data, which rank the tokens)")
-        self.ids = frequent_tokens(drafter.token_counts, size).to(model.device)
+    def __init__(self, drafter: MedusaHeads, model: Transformer, ids: torch.Tensor):
+        self.ids = ids.to(model.device)
         weights = [model.lm_head.weight] if drafter.lm_heads is None else [lm.weight for lm in drafter.lm_heads]
-        self.heads = [fixed_linear(w.detach()[self.ids]) for w in weights]
+        dtype = next(drafter.parameters()).dtype          # the heads' own (`draft_dtype`)
+        self.heads = [fixed_linear(w.detach()[self.ids].to(dtype)) for w in weights]
 
     def scores(self, states: torch.Tensor) -> torch.Tensor:
         """[K, D] head states -> [K, size] logits of the draft vocabulary."""
@@ -104,19 +103,18 @@ class Medusa(Proposer):
     drafter: None: the one shipped for the default model
     tree: a node count, None: by device, or index paths
     draft_vocab: None: by device (CPU 4096 where the heads counted their training tokens, else the whole vocabulary)
+    draft_dtype: None: bfloat16 for a float32 target on a CPU with native bfloat16, else the target's
     """
 
     def __init__(self, model: Transformer, drafter: Path | Drafter | None = None, tree: int | list | None = None,
                  acceptance: Literal["exact", "typical"] = "exact", typical_threshold: float = 0.09,
-                 typical_alpha: float = 0.3, draft_vocab: PositiveInt | None = None):
+                 typical_alpha: float = 0.3, draft_vocab: PositiveInt | None = None,
+                 draft_dtype: DraftDtype | None = None):
         if not 0 < typical_threshold <= 1 or not 0 < typical_alpha <= 1:
             raise SpecbenchError("typical_threshold and typical_alpha must be in (0, 1]")
         if isinstance(tree, bool) or (isinstance(tree, int) and tree < 1):
             raise SpecbenchError(f"tree must be a node count >= 1 or a list of index paths, got {tree!r}")
-        if draft_vocab is not None and draft_vocab > model.args.vocab_size:
-            raise SpecbenchError(f"draft_vocab must be a token count in 1..{model.args.vocab_size} or None, "
-                                 f"got {draft_vocab!r}")
-        self.drafter = resolve_drafter(drafter, model, "medusa")
+        self.drafter = resolve_drafter(drafter, model, "medusa").cast(run_dtype(model, draft_dtype))
         heads = self.drafter.num_heads
         if tree is None:
             tree = DEFAULT_TREE_SIZE.get(model.device.type, DEFAULT_TREE_SIZE["cuda"])
@@ -128,12 +126,9 @@ class Medusa(Proposer):
         # mask and positions there instead of on the host while the device waits
         self.ancestors = ancestor_mask(self.parents)[1:, 1:].to(model.device)
         self.topk = int(rank.max()) + 1
-        if draft_vocab is None and self.drafter.token_counts.any():
-            draft_vocab = DEFAULT_DRAFT_VOCAB.get(model.device.type)
-        if draft_vocab is not None and draft_vocab < self.topk:
-            raise SpecbenchError(f"draft_vocab={draft_vocab} is below the tree's {self.topk} choices per head")
-        self.vocab = None if draft_vocab is None or draft_vocab >= model.args.vocab_size else \
-            DraftVocab(self.drafter, model, draft_vocab)
+        ids = draft_vocabulary(draft_vocab, self.drafter.token_counts, DEFAULT_DRAFT_VOCAB.get(model.device.type),
+                               model.args.vocab_size, self.topk, "medusa")
+        self.vocab = None if ids is None else DraftVocab(self.drafter, model, ids)
         self.max_nodes = len(self.paths)
         self.feature_layers = (model.args.num_layers,)
         self.lossless = self.lossless_with({"acceptance": acceptance})

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 
 from ..cuda_graph import BUCKETS, graphed_model
-from ..drafters.base import frequent_tokens
-from ..drafters.draft import DraftLayers, DraftRef, resolve_draft
+from ..drafters.base import DraftDtype, draft_vocabulary, run_dtype
+from ..drafters.draft import DraftLayers, DraftRef, draft_in, resolve_draft
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
 from ..model import Transformer, fixed_linear, send
@@ -45,13 +45,14 @@ class DraftModel(Proposer):
     draft: None: the draft shipped for the default model
     num_draft: None: 2 on CPU, 5 on CUDA
     draft_vocab: None: by device (CPU 4096 where the draft counted its training tokens, else the whole vocabulary)
+    draft_dtype: None: bfloat16 for a float32 target on a CPU with native bfloat16, else the target's
     """
 
     def __init__(self, model: Transformer, draft: DraftRef | Transformer | DraftLayers | None = None,
-                 num_draft: PositiveInt | None = None, draft_vocab: PositiveInt | None = None):
+                 num_draft: PositiveInt | None = None, draft_vocab: PositiveInt | None = None,
+                 draft_dtype: DraftDtype | None = None):
         vocab = model.args.vocab_size
-        if draft_vocab is not None and draft_vocab > vocab:
-            raise SpecbenchError(f"draft_vocab must be a token count in 1..{vocab} or None, got {draft_vocab!r}")
+        dtype = run_dtype(model, draft_dtype)
         draft = resolve_draft(draft, model)
         if draft.args.vocab_size != vocab:
             raise SpecbenchError(f"the draft's vocabulary ({draft.args.vocab_size}) differs from the target's "
@@ -60,20 +61,13 @@ class DraftModel(Proposer):
             raise SpecbenchError(f"the draft is on {draft.device} and the target on {model.device}: load both on one device")
         if num_draft is None:
             num_draft = DEFAULT_NUM_DRAFT.get(model.device.type, DEFAULT_NUM_DRAFT["cuda"])
-        self.draft, self.num_draft = draft, num_draft
+        self.draft, self.num_draft = draft_in(draft, dtype), num_draft
         self.max_nodes = num_draft
-        self.vocab = self.head = None
-        counts = getattr(draft, "token_counts", None)
-        counted = counts is not None and bool(counts.any())
-        if draft_vocab is None and counted:
-            draft_vocab = DEFAULT_DRAFT_VOCAB.get(model.device.type)
-        if draft_vocab is not None and draft_vocab < vocab:
-            if not counted:
-                raise SpecbenchError("draft_vocab needs a draft from `specbench train draft` (it counts the tokens "
-                                     "of its training data to rank them)")
-            # the most frequent tokens; the head is those rows of the LM head
-            self.vocab = frequent_tokens(counts, draft_vocab).to(draft.device)
-            self.head = fixed_linear(draft.lm_head.weight.detach()[self.vocab])
+        ids = draft_vocabulary(draft_vocab, getattr(draft, "token_counts", None),
+                               DEFAULT_DRAFT_VOCAB.get(model.device.type), vocab, 1, "draft")
+        # the head scores the draft vocabulary's tokens: those rows of the LM head
+        self.vocab = None if ids is None else ids.to(draft.device)
+        self.head = None if ids is None else fixed_linear(self.draft.lm_head.weight.detach()[self.vocab])
 
     def begin(self, ctx: DecodeContext) -> None:
         # the draft's cache follows the target's convention: all committed tokens but the root
@@ -99,8 +93,8 @@ class DraftModel(Proposer):
             out = self.draft(x, positions, self.cache, last_only=True, stop_layer=stop)
         self.cache.length += len(x)
         if self.vocab is None:
-            return out.logits[-1]
-        scores = self.head(self.draft.norm(out.hidden[-1:]))[0]
+            return widened(out.logits[-1])
+        scores = widened(self.head(self.draft.norm(out.hidden[-1:]))[0])
         return scores.new_full((self.draft.args.vocab_size,), float("-inf")).index_copy_(0, self.vocab, scores)
 
     def propose(self, ctx: DecodeContext) -> DraftTree:
@@ -120,3 +114,9 @@ class DraftModel(Proposer):
         # keep the root and the accepted drafts already in the draft cache (the last draft token
         # was never fed to the draft model)
         self.cache.length += 1 + min(len(step.accepted), self.num_draft - 1)
+
+
+def widened(logits: torch.Tensor) -> torch.Tensor:
+    """A bfloat16 or float16 draft's logits in float32: its distribution q is computed and drawn
+    from at the precision the verifier compares it in."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
