@@ -98,3 +98,21 @@ def test_sps_check_fails_when_the_verifier_sees_another_q(target, drafts, monkey
     counts, _ = sample_counts(target, prompt, "sps", params, 1200, 3, draft=drafts["sps"], num_draft=3,
                               draft_dtype="bfloat16")
     assert fit_pvalue(counts, vanilla_joint(target, prompt, params, 3)) < ALPHA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["sps", "medusa", "eagle", "eagle3"])
+def test_cuda_drafters_in_another_dtype_than_the_target(method):
+    """On CUDA the default is the target's dtype; a float32 drafter beside a bfloat16 target runs
+    through the same captured (and compiled) draft steps and leaves the output the target's."""
+    target = specbench.random_model(vocab_size=64, num_layers=3, hidden_size=64, seed=1).to("cuda", torch.bfloat16)
+    drafts = {kind: specbench.random_drafter(target, kind, seed=0) for kind in ("medusa", "eagle", "eagle3")}
+    drafts["sps"] = specbench.random_drafter(target, "draft", seed=0, num_layers=1)
+    assert run_dtype(target, None) == torch.bfloat16
+    prompt = [1, 2, 3, 4, 5, 1, 2, 3]
+    vanilla = specbench.generate(target, prompt, max_new_tokens=32, chat=False).token_ids
+    for dtype in (None, "float32"):
+        out = specbench.generate(target, prompt, method=method, max_new_tokens=32, chat=False, draft_dtype=dtype,
+                                 **options(method, drafts))
+        assert out.token_ids == vanilla, dtype
+        assert sum(out.stats["draft_tokens"]) > 0
