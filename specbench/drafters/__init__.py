@@ -120,7 +120,7 @@ def resolve_drafter(drafter, model: Transformer, kind: str) -> Drafter:
         if drafter.kind != kind:
             raise SpecbenchError(f"drafter= holds a {drafter.kind} drafter; method {kind!r} needs a {kind} one")
         drafter.check_target(model)
-        return drafter if next(drafter.parameters()).dtype == model.dtype else _place(drafter, model)
+        return drafter if drafter.dtype == model.dtype else _place(drafter, model)
     raise SpecbenchError(f"drafter= must be None, a folder path or a drafter from load_drafter, "
                          f"got {type(drafter).__name__}")
 

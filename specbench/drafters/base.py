@@ -77,18 +77,24 @@ class Drafter(nn.Module):
         """Settle what the training data decides before training starts, given how often each
         token is a target there (EAGLE-3: its draft vocabulary). The others need nothing."""
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype its weights are in, which is the one it runs in (`cast`)."""
+        return next(self.parameters()).dtype
+
     def cast(self, dtype: torch.dtype) -> "Drafter":
         """This drafter with its weights in `dtype` (see `run_dtype`): itself when it already is,
-        else a copy made once and kept (the copy keeps its own packed weights and draft steps)."""
-        if next(self.parameters()).dtype == dtype:
+        else a copy made once per dtype and device and kept (with its own packed weights and draft
+        steps)."""
+        if self.dtype == dtype:
             return self
+        device = next(self.parameters()).device
         copies = self.__dict__.setdefault("_casts", {})
-        if dtype not in copies:
+        if (dtype, device) not in copies:
             copy = type(self)(self.target, **self.config())
             copy.load_state_dict(self.state_dict())
-            device = next(self.parameters()).device
-            copies[dtype] = copy.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        return copies[dtype]
+            copies[dtype, device] = copy.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        return copies[dtype, device]
 
     def check_target(self, model: Transformer) -> None:
         why = signature_mismatch(self.target, model)
@@ -114,7 +120,7 @@ DraftDtype = Literal["float32", "bfloat16", "float16", "float64"]     # the keys
 
 
 def run_dtype(model: Transformer, draft_dtype: str | None) -> torch.dtype:
-    """The dtype a drafter runs in (the `draft_dtype` option of sps, eagle and eagle3): the one
+    """The dtype a drafter runs in (the `draft_dtype` option of sps, medusa, eagle and eagle3): the one
     named, else bfloat16 for a float32 target on a CPU with native bfloat16 products (oneDNN on
     AVX512-BF16 or AMX), else the target's. A drafter only proposes: the target verifies in its
     own dtype, so the output stays the target's and only the drafts (and their cost) change. On a

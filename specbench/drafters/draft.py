@@ -147,12 +147,12 @@ class DraftLayers(Drafter):
 
 def draft_in(draft: Transformer, dtype: torch.dtype) -> Transformer:
     """`draft` with its weights in `dtype` (sps's `draft_dtype`): itself when it already is, else a
-    copy made once and kept on it (embedding and LM head included: a bfloat16 draft on a float32
+    copy made once per dtype and device and kept on it (embedding and LM head included: a bfloat16 draft on a float32
     target reads no float32 weight). The copy shares the tokenizer and RoPE frequencies."""
     if draft.dtype == dtype:
         return draft
     copies = draft.__dict__.setdefault("_casts", {})
-    if dtype not in copies:
+    if (dtype, draft.device) not in copies:
         with torch.device("meta"):
             copy = Transformer(draft.args)
         copy.to_empty(device=draft.device)          # tied embedding and LM head stay one Parameter
@@ -160,8 +160,8 @@ def draft_in(draft: Transformer, dtype: torch.dtype) -> Transformer:
         copy.inv_freq = draft.inv_freq
         copy.to(dtype).eval().requires_grad_(False)
         copy.tokenizer, copy.name, copy.numerics = draft.tokenizer, draft.name, draft.numerics
-        copies[dtype] = copy
-    return copies[dtype]
+        copies[dtype, draft.device] = copy
+    return copies[dtype, draft.device]
 
 
 def load_draft(folder: str | os.PathLike, model: Transformer) -> Transformer:

@@ -186,7 +186,7 @@ class EagleDraft(Drafter):
     def draft_input(self, raw: torch.Tensor, model: Transformer) -> torch.Tensor:
         """The draft's row input from the target's raw feature layers: the normed final stream (in
         the drafter's dtype, which may differ from the target's)."""
-        return self.feature(raw, model).to(self.fc.weight.dtype)
+        return self.feature(raw, model).to(self.dtype)
 
     def draft_logits(self, h: torch.Tensor, model: Transformer) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits of the draft's output h and the target ids of their columns (None: all, in order):

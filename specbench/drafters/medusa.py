@@ -70,7 +70,7 @@ class MedusaHeads(Drafter):
     def head_states(self, features: torch.Tensor, model: Transformer) -> torch.Tensor:
         """[n, D] target final residual streams -> [n, K, D] head outputs (before any LM head), in
         the heads' dtype (which may differ from the target's)."""
-        h = model.norm(features).to(self.heads[0][0].linear.weight.dtype)
+        h = model.norm(features).to(self.dtype)
         return torch.stack([head(h) for head in self.heads], dim=-2)
 
     def forward(self, features: torch.Tensor, model: Transformer) -> torch.Tensor:

@@ -202,9 +202,9 @@ class DraftStep:
 
     def __init__(self, model: Transformer, drafter: EagleDraft | Eagle3Draft, plan, max_len: int, vocab: torch.Tensor | None):
         self.model, self.drafter, self.plan, self.vocab = model, drafter, plan, vocab
-        dtype = next(drafter.parameters()).dtype       # the drafter's own (`draft_dtype`)
-        self.head = None if vocab is None else fixed_linear(model.lm_head.weight[vocab].to(dtype))
-        self.cache = drafter.new_cache(max_len, model.device, dtype)
+        # in the drafter's own dtype (`draft_dtype`)
+        self.head = None if vocab is None else fixed_linear(model.lm_head.weight[vocab].to(drafter.dtype))
+        self.cache = drafter.new_cache(max_len, model.device, drafter.dtype)
 
     def rows(self, feats, tokens, positions, slots, mask) -> torch.Tensor:
         return self.drafter(feats, tokens, positions, self.cache, mask, self.model, slots=slots, span=mask.shape[1])

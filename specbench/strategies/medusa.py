@@ -55,8 +55,7 @@ class DraftVocab:
     def __init__(self, drafter: MedusaHeads, model: Transformer, ids: torch.Tensor):
         self.ids = ids.to(model.device)
         weights = [model.lm_head.weight] if drafter.lm_heads is None else [lm.weight for lm in drafter.lm_heads]
-        dtype = next(drafter.parameters()).dtype          # the heads' own (`draft_dtype`)
-        self.heads = [fixed_linear(w.detach()[self.ids].to(dtype)) for w in weights]
+        self.heads = [fixed_linear(w.detach()[self.ids].to(drafter.dtype)) for w in weights]   # `draft_dtype`
 
     def scores(self, states: torch.Tensor) -> torch.Tensor:
         """[K, D] head states -> [K, size] logits of the draft vocabulary."""

@@ -36,7 +36,7 @@ class EagleObjective:
         if torch.is_autocast_enabled("cuda"):
             dtype = torch.get_autocast_dtype("cuda")
         else:
-            dtype = next(self.drafter.parameters()).dtype
+            dtype = self.drafter.dtype
             feats = feats.to(dtype)
         cache = self.drafter.new_cache(n - 1, feats.device, dtype)
         return self.drafter(feats[:-1], ids[1:], torch.arange(n - 1, device=ids.device), cache, None, model)

@@ -35,7 +35,7 @@ class Eagle3Objective:
                     steps: int) -> list[torch.Tensor]:
         """Draft-vocabulary logits of each unrolled step over one sequence ([n - 1 - k, N] at step k)."""
         if not torch.is_autocast_enabled("cuda"):   # the draft computes in its own dtype, or bf16 under autocast
-            features = features.to(next(self.drafter.parameters()).dtype)
+            features = features.to(self.drafter.dtype)
         return [self.drafter.draft_logits(h, model)[0] for h in self.drafter.unroll(features, ids, steps, model)]
 
     def loss(self, model: Transformer, features: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
