@@ -3,7 +3,9 @@ tokens with the default model and its shipped EAGLE head (fp32, 2 threads, one M
 prompt), the wall time of each drafting step (`DraftStep.compute`) averaged, and torch.profiler's
 operator table of the generation. Session 29 ran it before and after the drafters' weights were
 packed for oneDNN (commits 4ba081d and 7ac8e40, two runs each on this repository's 2-core machine):
-11.7-12.4 ms a draft step before (15 `aten::mm` calls a step at 0.49-0.51 ms each), 6.0-6.3 after. From the repository root:
+11.7-12.4 ms a draft step before (15 `aten::mm` calls a step at 0.49-0.51 ms each), 6.0-6.3 after.
+Those drafts ran in float32; since session 32 the draft runs in bfloat16 on a CPU with native
+bfloat16 (`draft_dtype`), and this script profiles that default. From the repository root:
     python experiments/cpu_draft_profile.py"""
 from __future__ import annotations
 
