@@ -116,3 +116,21 @@ def test_cuda_drafters_in_another_dtype_than_the_target(method):
                                  **options(method, drafts))
         assert out.token_ids == vanilla, dtype
         assert sum(out.stats["draft_tokens"]) > 0
+
+
+def test_a_cast_copy_follows_changes_to_the_drafter(target, drafts):
+    """A drafter trained or loaded into in place after a generation must not leave a stale copy."""
+    from specbench.drafters.draft import draft_in
+    eagle = specbench.random_drafter(target, "eagle", seed=3)
+    first = eagle.cast(torch.bfloat16)
+    with torch.no_grad():
+        eagle.fc.weight.mul_(2)
+    second = eagle.cast(torch.bfloat16)
+    assert second is not first and torch.equal(second.fc.weight, eagle.fc.weight.to(torch.bfloat16))
+    assert eagle.cast(torch.bfloat16) is second
+    sps_draft = specbench.random_model(vocab_size=24, num_layers=1, hidden_size=32, seed=6)
+    before = draft_in(sps_draft, torch.bfloat16)
+    with torch.no_grad():
+        sps_draft.layers[0].w2.weight.zero_()
+    after = draft_in(sps_draft, torch.bfloat16)
+    assert after is not before and not after.layers[0].w2.weight.any()

@@ -84,17 +84,19 @@ class Drafter(nn.Module):
 
     def cast(self, dtype: torch.dtype) -> "Drafter":
         """This drafter with its weights in `dtype` (see `run_dtype`): itself when it already is,
-        else a copy made once per dtype and device and kept (with its own packed weights and draft
-        steps)."""
+        else a copy kept per dtype and device (with its own packed weights and draft steps) and
+        made again once this drafter's tensors change (trained or loaded into in place)."""
         if self.dtype == dtype:
             return self
         device = next(self.parameters()).device
         copies = self.__dict__.setdefault("_casts", {})
-        if (dtype, device) not in copies:
+        made = copies.get((dtype, device))
+        if made is None or made[0] != tensors_key(self):
             copy = type(self)(self.target, **self.config())
             copy.load_state_dict(self.state_dict())
-            copies[dtype, device] = copy.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        return copies[dtype, device]
+            made = copies[dtype, device] = (tensors_key(self),
+                                            copy.to(device=device, dtype=dtype).eval().requires_grad_(False))
+        return made[1]
 
     def check_target(self, model: Transformer) -> None:
         why = signature_mismatch(self.target, model)
@@ -112,6 +114,13 @@ class Drafter(nn.Module):
         config = {"format": FORMAT, "kind": self.kind, **self.config(), "target": self.target, **(extra or {})}
         (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
         return folder
+
+
+def tensors_key(module: nn.Module) -> tuple:
+    """What identifies a module's tensors as they are now: each one's storage and version counter
+    (an in-place change bumps it; an inference tensor keeps none, so only its storage counts)."""
+    return tuple((t.data_ptr(), -1 if t.is_inference() else t._version)
+                 for t in (*module.parameters(), *module.buffers()))
 
 
 DRAFT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,

@@ -37,7 +37,7 @@ from torch import nn
 from ..errors import SpecbenchError
 from ..model import Block, ModelArgs, RMSNorm, Transformer
 from ..options import Check
-from .base import FORMAT, Drafter, read_json, signature_mismatch, target_signature
+from .base import FORMAT, Drafter, read_json, signature_mismatch, target_signature, tensors_key
 
 INITS = ("target", "fresh")
 DEFAULT_LAYERS = 4
@@ -147,12 +147,13 @@ class DraftLayers(Drafter):
 
 def draft_in(draft: Transformer, dtype: torch.dtype) -> Transformer:
     """`draft` with its weights in `dtype` (sps's `draft_dtype`): itself when it already is, else a
-    copy made once per dtype and device and kept on it (embedding and LM head included: a bfloat16 draft on a float32
+    copy kept on it per dtype and device, made again once the draft's tensors change (embedding and LM head included: a bfloat16 draft on a float32
     target reads no float32 weight). The copy shares the tokenizer and RoPE frequencies."""
     if draft.dtype == dtype:
         return draft
     copies = draft.__dict__.setdefault("_casts", {})
-    if (dtype, draft.device) not in copies:
+    made = copies.get((dtype, draft.device))
+    if made is None or made[0] != tensors_key(draft):
         with torch.device("meta"):
             copy = Transformer(draft.args)
         copy.to_empty(device=draft.device)          # tied embedding and LM head stay one Parameter
@@ -160,8 +161,8 @@ def draft_in(draft: Transformer, dtype: torch.dtype) -> Transformer:
         copy.inv_freq = draft.inv_freq
         copy.to(dtype).eval().requires_grad_(False)
         copy.tokenizer, copy.name, copy.numerics = draft.tokenizer, draft.name, draft.numerics
-        copies[dtype, draft.device] = copy
-    return copies[dtype, draft.device]
+        made = copies[dtype, draft.device] = (tensors_key(draft), copy)
+    return made[1]
 
 
 def load_draft(folder: str | os.PathLike, model: Transformer) -> Transformer:
