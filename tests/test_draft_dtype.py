@@ -55,6 +55,7 @@ def test_drafter_runs_in_the_dtype_asked_and_greedy_output_is_the_targets(target
         out = specbench.generate(target, prompt, method=method, max_new_tokens=24, draft_dtype=dtype,
                                  **options(method, drafts))
         assert out.token_ids == vanilla, (method, dtype, seed)
+        assert out.stats["draft_dtype"] == dtype
         drafted += sum(out.stats["draft_tokens"])
         multi += sum(a > 1 for a in out.stats["accepted_lengths"])
     assert drafted > 0 and multi > 0, "vacuous: nothing drafted or accepted"

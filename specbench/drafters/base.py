@@ -144,6 +144,11 @@ def run_dtype(model: Transformer, draft_dtype: str | None) -> torch.dtype:
     return model.dtype
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """"bfloat16" for torch.bfloat16: how stats and the bench's answers record a drafter's dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
 def cpu_bfloat16_native() -> bool:
     """Whether this CPU multiplies bfloat16 natively through oneDNN (else bf16 is emulated and slow)."""
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

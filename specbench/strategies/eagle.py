@@ -39,7 +39,7 @@ import torch
 
 from ..cuda_graph import BUCKETS, capture, compiling
 from ..drafters import Drafter, resolve_drafter
-from ..drafters.base import DraftDtype, draft_vocabulary, run_dtype
+from ..drafters.base import DraftDtype, draft_vocabulary, dtype_name, run_dtype
 from ..drafters.eagle import EagleDraft
 from ..drafters.eagle3 import Eagle3Draft
 from ..drafters.medusa import check_tree, medusa_tree, tree_arrays
@@ -385,7 +385,7 @@ class Eagle(Proposer):
         self.pending = (send(step.tokens, self.model.device), step.features[rows])
 
     def stats(self) -> dict:
-        return {"tree": self.tree_kind, "tree_nodes": self.plan.size}
+        return {"tree": self.tree_kind, "tree_nodes": self.plan.size, "draft_dtype": dtype_name(self.drafter.dtype)}
 
 
 class Eagle3(Eagle):

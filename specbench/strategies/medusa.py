@@ -25,7 +25,7 @@ import torch
 
 from ..cuda_graph import capture, compiling
 from ..drafters import Drafter, resolve_drafter
-from ..drafters.base import DraftDtype, draft_vocabulary, run_dtype
+from ..drafters.base import DraftDtype, draft_vocabulary, dtype_name, run_dtype
 from ..drafters.medusa import MedusaHeads, check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer
 from ..errors import SpecbenchError
@@ -159,4 +159,4 @@ class Medusa(Proposer):
         self.draft = graphs[key]
 
     def stats(self) -> dict:
-        return {"tree_nodes": len(self.paths)}
+        return {"tree_nodes": len(self.paths), "draft_dtype": dtype_name(self.drafter.dtype)}

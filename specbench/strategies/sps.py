@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..cuda_graph import BUCKETS, graphed_model
-from ..drafters.base import DraftDtype, draft_vocabulary, run_dtype
+from ..drafters.base import DraftDtype, draft_vocabulary, dtype_name, run_dtype
 from ..drafters.draft import DraftLayers, DraftRef, draft_in, resolve_draft
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
@@ -114,6 +114,9 @@ class DraftModel(Proposer):
         # keep the root and the accepted drafts already in the draft cache (the last draft token
         # was never fed to the draft model)
         self.cache.length += 1 + min(len(step.accepted), self.num_draft - 1)
+
+    def stats(self) -> dict:
+        return {"draft_dtype": dtype_name(self.draft.dtype)}
 
 
 def widened(logits: torch.Tensor) -> torch.Tensor:
