@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..checks import check_dtype
 from ..errors import SpecbenchError
 from ..model import Transformer, pack_linears
 
@@ -89,14 +90,13 @@ class Drafter(nn.Module):
         if self.dtype == dtype:
             return self
         device = next(self.parameters()).device
-        copies = self.__dict__.setdefault("_casts", {})
-        made = copies.get((dtype, device))
-        if made is None or made[0] != tensors_key(self):
+
+        def make() -> Drafter:
             copy = type(self)(self.target, **self.config())
             copy.load_state_dict(self.state_dict())
-            made = copies[dtype, device] = (tensors_key(self),
-                                            copy.to(device=device, dtype=dtype).eval().requires_grad_(False))
-        return made[1]
+            return copy.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+        return kept_copy(self, dtype, device, make)
 
     def check_target(self, model: Transformer) -> None:
         why = signature_mismatch(self.target, model)
@@ -116,16 +116,20 @@ class Drafter(nn.Module):
         return folder
 
 
-def tensors_key(module: nn.Module) -> tuple:
-    """What identifies a module's tensors as they are now: each one's storage and version counter
-    (an in-place change bumps it; an inference tensor keeps none, so only its storage counts)."""
-    return tuple((t.data_ptr(), -1 if t.is_inference() else t._version)
-                 for t in (*module.parameters(), *module.buffers()))
+def kept_copy(module: nn.Module, dtype: torch.dtype, device: torch.device, make) -> nn.Module:
+    """`make()`, a copy of `module` in `dtype` on `device`, kept on the module and made again only
+    once the module's tensors change in place (each tensor's storage and version counter, as
+    `model.Linear` keys its packed weight; an inference tensor keeps no counter)."""
+    key = tuple((t.data_ptr(), -1 if t.is_inference() else t._version)
+                for t in (*module.parameters(), *module.buffers()))
+    copies = module.__dict__.setdefault("_casts", {})
+    made = copies.get((dtype, device))
+    if made is None or made[0] != key:
+        made = copies[dtype, device] = (key, make())
+    return made[1]
 
 
-DRAFT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-                "float64": torch.float64}
-DraftDtype = Literal["float32", "bfloat16", "float16", "float64"]     # the keys of DRAFT_DTYPES
+DraftDtype = Literal["float32", "bfloat16", "float16", "float64"]     # canonical names of checks.DTYPES
 
 
 def run_dtype(model: Transformer, draft_dtype: str | None) -> torch.dtype:
@@ -136,9 +140,7 @@ def run_dtype(model: Transformer, draft_dtype: str | None) -> torch.dtype:
     CPU a small draft's products stream its weights from memory, and bfloat16 halves the bytes:
     README, "Drafters in bfloat16 on the CPU", has the measurement."""
     if draft_dtype is not None:
-        if draft_dtype not in DRAFT_DTYPES:
-            raise SpecbenchError(f"draft_dtype must be one of {', '.join(DRAFT_DTYPES)} or None, got {draft_dtype!r}")
-        return DRAFT_DTYPES[draft_dtype]
+        return check_dtype(draft_dtype)
     if model.device.type == "cpu" and model.dtype == torch.float32 and cpu_bfloat16_native():
         return torch.bfloat16
     return model.dtype

@@ -37,7 +37,7 @@ from torch import nn
 from ..errors import SpecbenchError
 from ..model import Block, ModelArgs, RMSNorm, Transformer
 from ..options import Check
-from .base import FORMAT, Drafter, read_json, signature_mismatch, target_signature, tensors_key
+from .base import FORMAT, Drafter, read_json, signature_mismatch, target_signature, kept_copy
 
 INITS = ("target", "fresh")
 DEFAULT_LAYERS = 4
@@ -147,13 +147,13 @@ class DraftLayers(Drafter):
 
 def draft_in(draft: Transformer, dtype: torch.dtype) -> Transformer:
     """`draft` with its weights in `dtype` (sps's `draft_dtype`): itself when it already is, else a
-    copy kept on it per dtype and device, made again once the draft's tensors change (embedding and LM head included: a bfloat16 draft on a float32
-    target reads no float32 weight). The copy shares the tokenizer and RoPE frequencies."""
+    copy kept on it per dtype and device (`kept_copy`), embedding and LM head included: a bfloat16
+    draft on a float32 target reads no float32 weight. The copy shares the tokenizer and RoPE
+    frequencies."""
     if draft.dtype == dtype:
         return draft
-    copies = draft.__dict__.setdefault("_casts", {})
-    made = copies.get((dtype, draft.device))
-    if made is None or made[0] != tensors_key(draft):
+
+    def make() -> Transformer:
         with torch.device("meta"):
             copy = Transformer(draft.args)
         copy.to_empty(device=draft.device)          # tied embedding and LM head stay one Parameter
@@ -161,8 +161,9 @@ def draft_in(draft: Transformer, dtype: torch.dtype) -> Transformer:
         copy.inv_freq = draft.inv_freq
         copy.to(dtype).eval().requires_grad_(False)
         copy.tokenizer, copy.name, copy.numerics = draft.tokenizer, draft.name, draft.numerics
-        made = copies[dtype, draft.device] = (tensors_key(draft), copy)
-    return made[1]
+        return copy
+
+    return kept_copy(draft, dtype, draft.device, make)
 
 
 def load_draft(folder: str | os.PathLike, model: Transformer) -> Transformer:
