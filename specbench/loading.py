@@ -84,6 +84,11 @@ def check_gguf(path: Path) -> dict:
     checking the magic, the version, the tensor types and that the file holds all tensor data.
     A few milliseconds where gguf's reader takes seconds; any problem is one line naming the file."""
     try:
+        import gguf.constants  # noqa: F401  (the tensor types' sizes, read by _walk_gguf)
+    except ImportError:
+        raise SpecbenchError(f"cannot read {path}: GGUF files need the `gguf` package, a dependency of "
+                             "specbench that this environment lacks (pip install gguf)") from None
+    try:
         f = open(path, "rb")
     except OSError as e:
         raise SpecbenchError(f"cannot read model file {path}: {e.strerror}") from None

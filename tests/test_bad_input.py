@@ -250,6 +250,15 @@ def test_api_bad_input(case, files):
     assert time.perf_counter() - start < LIMIT_S
 
 
+def test_missing_gguf_package_is_one_line(files, monkeypatch):
+    """An environment without `gguf` (a GPU machine with the wheel not yet installed, say) gets one
+    line naming the package, not an ImportError's traceback from deep in the header walk."""
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    with pytest.raises(specbench.SpecbenchError, match=r"need the `gguf` package.*pip install gguf") as info:
+        specbench.load_model(files["good_gguf"])
+    assert "\n" not in str(info.value)
+
+
 def test_at_least_twenty_cases():
     assert len(CLI_CASES) + len(API_CASES) >= 20
 
