@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# How the shipped EAGLE draft is made, on the GPU machine (README, "EAGLE"): train the draft on a
+# How the EAGLE head of sessions 16-32 was made (the shipped head since session 33 comes from
+# experiments/gpu_eagle_epochs.sh), on the GPU machine (README, "EAGLE"): train the draft on a
 # token file (the self-distilled one: `specbench train data --data self_distill --conversations 6000
 # --out FILE`), then the tree sweep (experiments/gpu_eagle_sweep.yaml) that chooses the defaults.
 # Everything goes to results/train_eagle/, where the sweep config reads the draft; every stage skips
