@@ -141,11 +141,17 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
                                              enable_gqa=heads != kv_heads)
         return out[0].transpose(0, 1)
     group = heads // kv_heads
-    if mask is not None and group > 1:
-        mask = mask.repeat(group, 1)      # row g * n + i is query i of the g-th head of a group
+    if mask is not None and group > 1 and mask.shape[0] == n:
+        mask = grouped_mask(mask, group)  # else the caller passed it grouped already
     rows = q.transpose(0, 1).reshape(1, kv_heads, group * n, d)
     out = F.scaled_dot_product_attention(rows, k[None], v[None], attn_mask=mask)
     return out.reshape(heads, n, d).transpose(0, 1)
+
+
+def grouped_mask(mask: torch.Tensor, group: int) -> torch.Tensor:
+    """mask [n, span] -> [group * n, span] for `sdpa`'s batched rows: row g * n + i is query i of
+    the g-th query head sharing a kv head."""
+    return mask.repeat(group, 1)
 
 
 def key_table(start: int | torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
@@ -189,6 +195,7 @@ class Attention:
                 mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()
             self.full = None if mask is None else \
                 torch.cat([torch.ones(n, self.start, dtype=torch.bool, device=device), mask], dim=1)
+            self._grouped_full = None
             return
         table, committed = key_table(self.start, mask, positions), torch.arange(self.start)
         self.keys = []       # per token: its key slots in position order
@@ -207,8 +214,19 @@ class Attention:
             return _ops().invariant_attention(q, k_cache, v_cache, self.start, self.table, self.positions)
         if self.mode == "fast":
             span = self.start + q.shape[0]
-            return sdpa(q, k_cache[:, :span], v_cache[:, :span], self.full, self.causal)
+            return sdpa(q, k_cache[:, :span], v_cache[:, :span], self._grouped(q.shape[1] // k_cache.shape[0]),
+                        self.causal)
         return self._rows(q, k_cache, v_cache)
+
+    def _grouped(self, group: int) -> torch.Tensor | None:
+        """The mask as `sdpa` reads it, made once per forward instead of once per layer (the default
+        model on the CPU: attention over 4 / 6 / 16 new tokens 1.12x / 1.16x / 1.18x faster, 0.4-2
+        ms of a 50-60 ms verification forward; experiments/cpu_grouped_mask.py)."""
+        if self.full is None or group == 1:
+            return self.full
+        if self._grouped_full is None:
+            self._grouped_full = grouped_mask(self.full, group)
+        return self._grouped_full
 
     def _rows(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         """Each token alone: softmax(q k^T / sqrt(d)) v over its own keys, in float32 or wider."""

@@ -86,6 +86,24 @@ def test_cpu_attention_rows_match_reference_and_the_token_alone(dtype, shape):
         assert torch.equal(alone, tree[i:i + 1]), i
 
 
+@pytest.mark.parametrize("shape", [(6, 2, 16), (9, 3, 8)])
+def test_cpu_fast_attention_groups_its_mask_once_per_forward(shape):
+    """fast numerics on the CPU: the tree mask, repeated for the query heads sharing a kv head, is
+    made once per forward and reused by every layer, with the output of sdpa given the plain mask
+    and of the reference; a mask passed already grouped is not grouped again."""
+    start, n = 45, 14
+    q, k, v, _, mask, positions = attention_case(torch.float32, *shape, start, n)
+    attend = numerics.Attention("fast", start, mask, positions)
+    out = attend(q, k, v)
+    grouped = attend._grouped_full
+    assert grouped is not None and grouped.shape == (q.shape[1] // k.shape[0] * n, start + n)
+    assert torch.equal(attend(q, k, v), out) and attend._grouped_full is grouped
+    span = start + n
+    assert torch.equal(numerics.sdpa(q, k[:, :span], v[:, :span], attend.full), out)
+    assert torch.equal(numerics.sdpa(q, k[:, :span], v[:, :span], grouped), out)
+    assert rel_err(out, attention_reference(q, k, v, start, mask)) < TOL[torch.float32]
+
+
 # ---- whole forwards -------------------------------------------------------------------------
 
 # near-ties are common with a flat next-token distribution over a large vocabulary
