@@ -116,7 +116,8 @@ def silu(x: torch.Tensor, mode: str) -> torch.Tensor:
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
          causal: bool = False) -> torch.Tensor:
     """PyTorch's attention of q [n, heads, d] over k, v [kv_heads, span, d] with mask [n, span]
-    (None: every key): fast mode's on CPU, and differentiable (training a draft uses it).
+    (None: every key; or already `grouped_mask`'d, [group * n, span]): fast mode's on CPU, and
+    differentiable (training a draft uses it).
 
     `causal` (mask None, span == n: a forward on an empty cache, i.e. prefill): query i sees keys
     0..i, and SDPA skips the masked blocks instead of reading a materialised mask (prefill of 1,800
