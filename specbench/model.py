@@ -116,6 +116,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def tensor_key(t: torch.Tensor) -> tuple[int, int]:
+    """A tensor's storage and version counter: changes when the tensor is replaced or written in
+    place, so a copy derived from it (a packed weight, a drafter cast to another dtype) can tell it
+    is stale. An inference tensor, made under torch.inference_mode, keeps no version counter: only
+    its storage is compared."""
+    return t.data_ptr(), -1 if t.is_inference() else t._version
+
+
 class Linear(nn.Linear):
     """nn.Linear that on CPU multiplies by a copy of its weight packed in oneDNN's blocked layout.
 
@@ -135,10 +143,8 @@ class Linear(nn.Linear):
         self._packed = (torch.ops.mkldnn._reorder_linear_weight(w.detach()), self._key()) if packable else None
 
     def _key(self) -> tuple[int, int]:
-        """What identifies the weight the packed copy was made from (an inference tensor, made
-        under torch.inference_mode, keeps no version counter: only its storage is compared)."""
-        w = self.weight
-        return w.data_ptr(), -1 if w.is_inference() else w._version
+        """What identifies the weight the packed copy was made from."""
+        return tensor_key(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self.__dict__.get("_packed")

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..checks import check_dtype
 from ..errors import SpecbenchError
-from ..model import Transformer, pack_linears
+from ..model import Transformer, pack_linears, tensor_key
 
 FORMAT = "specbench-drafter"
 PROBE_ROWS = (0, 1, 2, 3, 5, 8, 13, 21)   # embedding rows whose first 8 values identify a target
@@ -118,10 +118,9 @@ class Drafter(nn.Module):
 
 def kept_copy(module: nn.Module, dtype: torch.dtype, device: torch.device, make) -> nn.Module:
     """`make()`, a copy of `module` in `dtype` on `device`, kept on the module and made again only
-    once the module's tensors change in place (each tensor's storage and version counter, as
-    `model.Linear` keys its packed weight; an inference tensor keeps no counter)."""
-    key = tuple((t.data_ptr(), -1 if t.is_inference() else t._version)
-                for t in (*module.parameters(), *module.buffers()))
+    once one of the module's tensors is replaced or changed in place (`model.tensor_key`, as
+    `model.Linear` keys its packed weight)."""
+    key = tuple(tensor_key(t) for t in (*module.parameters(), *module.buffers()))
     copies = module.__dict__.setdefault("_casts", {})
     made = copies.get((dtype, device))
     if made is None or made[0] != key:

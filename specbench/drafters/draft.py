@@ -37,7 +37,7 @@ from torch import nn
 from ..errors import SpecbenchError
 from ..model import Block, ModelArgs, RMSNorm, Transformer
 from ..options import Check
-from .base import FORMAT, Drafter, read_json, signature_mismatch, target_signature, kept_copy
+from .base import FORMAT, Drafter, kept_copy, read_json, signature_mismatch, target_signature
 
 INITS = ("target", "fresh")
 DEFAULT_LAYERS = 4
