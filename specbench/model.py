@@ -124,6 +124,13 @@ def tensor_key(t: torch.Tensor) -> tuple[int, int]:
     return t.data_ptr(), -1 if t.is_inference() else t._version
 
 
+def cpu_bfloat16_native() -> bool:
+    """Whether this CPU multiplies bfloat16 natively through oneDNN (AVX512-BF16, AVX-NE-CONVERT or
+    AMX). Elsewhere (an AVX2-only CPU) oneDNN refuses to pack a bfloat16 weight and PyTorch's own
+    product emulates bfloat16, slowly."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class Linear(nn.Linear):
     """nn.Linear that on CPU multiplies by a copy of its weight packed in oneDNN's blocked layout.
 
@@ -138,8 +145,8 @@ class Linear(nn.Linear):
 
     def pack(self) -> None:
         w = self.weight
-        packable = (w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16)
-                    and torch.backends.mkldnn.is_available())
+        packable = w.device.type == "cpu" and torch.backends.mkldnn.is_available() and (
+            w.dtype == torch.float32 or (w.dtype == torch.bfloat16 and cpu_bfloat16_native()))
         self._packed = (torch.ops.mkldnn._reorder_linear_weight(w.detach()), self._key()) if packable else None
 
     def _key(self) -> tuple[int, int]:

@@ -11,7 +11,8 @@ import torch
 
 import specbench
 from lossless import ALPHA, fit_pvalue, sample_counts, vanilla_joint
-from specbench.drafters.base import cpu_bfloat16_native, run_dtype
+from specbench.drafters.base import run_dtype
+from specbench.model import cpu_bfloat16_native
 from specbench.sampling import SamplingParams
 from specbench.strategies import make_proposer
 

@@ -13,7 +13,8 @@ import torch
 import specbench
 from specbench import profile as prof
 from specbench.cli import main
-from specbench.model import Transformer
+from specbench import model as core
+from specbench.model import Transformer, cpu_bfloat16_native
 from specbench.timing import PHASES, PhaseTimer
 
 
@@ -177,12 +178,28 @@ def test_packed_linear_is_used_only_while_valid():
         assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight))
     model.pack_weights()
     assert lin._packed[1] == lin._key()
-    assert model.to(torch.bfloat16).layers[0].w13._packed[0].dtype == torch.bfloat16
+    bf16 = model.to(torch.bfloat16).layers[0].w13
+    if cpu_bfloat16_native():                                # oneDNN packs bfloat16 only where the CPU has it
+        assert bf16._packed[0].dtype == torch.bfloat16
+    else:
+        assert bf16._packed is None
     assert model.to(torch.float64).layers[0].w13._packed is None          # oneDNN has no float64
     copied = copy.deepcopy(model)                            # the opaque packed tensor is not copied
     assert "_packed" not in copied.layers[0].w13.__dict__
     tied = prof.shape_model("default")                       # SmolLM2 ties its LM head to the embedding
     assert tied.lm_head.weight is tied.embed.weight and tied.lm_head._packed[1] == tied.lm_head._key()
+
+
+def test_bfloat16_linear_is_not_packed_on_a_cpu_without_native_bfloat16(monkeypatch):
+    """On an AVX2-only CPU oneDNN refuses to pack a bfloat16 weight (it raised, and every bfloat16
+    model on such a CPU with it): there the product stays F.linear's."""
+    monkeypatch.setattr(core, "cpu_bfloat16_native", lambda: False)
+    model = specbench.random_model(vocab_size=16, num_layers=1, hidden_size=32, dtype=torch.bfloat16)
+    lin = model.layers[0].w13
+    assert lin._packed is None
+    x = torch.randn(3, 32, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight))
 
 
 def test_packed_linear_computes_two_rows_as_three():

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..checks import check_dtype
 from ..errors import SpecbenchError
-from ..model import Transformer, pack_linears, tensor_key
+from ..model import Transformer, cpu_bfloat16_native, pack_linears, tensor_key
 
 FORMAT = "specbench-drafter"
 PROBE_ROWS = (0, 1, 2, 3, 5, 8, 13, 21)   # embedding rows whose first 8 values identify a target
@@ -148,11 +148,6 @@ def run_dtype(model: Transformer, draft_dtype: str | None) -> torch.dtype:
 def dtype_name(dtype: torch.dtype) -> str:
     """"bfloat16" for torch.bfloat16: how stats and the bench's answers record a drafter's dtype."""
     return str(dtype).removeprefix("torch.")
-
-
-def cpu_bfloat16_native() -> bool:
-    """Whether this CPU multiplies bfloat16 natively through oneDNN (else bf16 is emulated and slow)."""
-    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def frequent_tokens(counts: torch.Tensor, n: int) -> torch.Tensor:
