@@ -126,8 +126,9 @@ def tensor_key(t: torch.Tensor) -> tuple[int, int]:
 
 def cpu_bfloat16_native() -> bool:
     """Whether this CPU multiplies bfloat16 natively through oneDNN (AVX512-BF16, AVX-NE-CONVERT or
-    AMX). Elsewhere (an AVX2-only CPU) oneDNN refuses to pack a bfloat16 weight and PyTorch's own
-    product emulates bfloat16, slowly."""
+    AMX). Elsewhere (an AVX2-only CPU) oneDNN refuses to pack a bfloat16 weight, and PyTorch's own
+    bfloat16 product is quick for one row (half the bytes) but slow for several
+    (docs/results/cpu_profile_epyc_avx2)."""
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
