@@ -23,8 +23,6 @@ reported beside it.
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
 import re
 import statistics
 import time
@@ -42,7 +40,7 @@ from .model import ModelArgs, Transformer, rope_inv_freq
 from .numerics import check_numerics
 from .sampling import SamplingParams
 from .strategies.vanilla import Vanilla
-from .timing import PHASES
+from .timing import PHASES, device_name
 
 NEW_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -200,17 +198,6 @@ def vanilla_tokens_per_s(model: Transformer, cache_len: int, decode_tokens: int 
         if i:
             speeds.append(stats["new_tokens"] / decode_s)
     return statistics.median(speeds)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        cpu = ""
-    return f"{cpu or platform.machine()}, {os.cpu_count()} cores"
 
 
 def _count(name: str, value, low: int) -> int:

@@ -15,6 +15,8 @@ Inside `counting_syncs()` (CUDA), the timer also counts the host synchronisation
 """
 from __future__ import annotations
 
+import os
+import platform
 import time
 import warnings
 from collections.abc import Iterator
@@ -22,7 +24,32 @@ from contextlib import contextmanager
 
 import torch
 
+from .model import cpu_bfloat16_native
+
 _sync_log: list[warnings.WarningMessage] | None = None   # set inside counting_syncs()
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        cpu = ""
+    return f"{cpu or platform.machine()}, {os.cpu_count()} cores"
+
+
+def machine(device: torch.device) -> str:
+    """What a timing depends on beyond the code and its settings: the device's name and, on a CPU,
+    torch's thread count and whether it multiplies bfloat16 natively (the main job's EAGLE, one
+    head, ran at 1.26x on a 2-core Intel Xeon and 1.34x on a 2-core AVX2-only AMD EPYC:
+    docs/results/cpu_quick_xeon, docs/results/cpu_quick_epyc_avx2)."""
+    if device.type == "cuda":
+        return device_name(device)
+    native = "native" if cpu_bfloat16_native() else "not native"
+    return f"{device_name(device)}, {torch.get_num_threads()} threads, bfloat16 {native}"
 
 
 @contextmanager

@@ -6,8 +6,11 @@ import os
 import pytest
 from test_bench_fakes import FakeGenerate, base_config, fake_model, install, write_questions
 
-from specbench.bench import command, run_benchmark, store
+import torch
+
+from specbench.bench import command, run_benchmark, runner, store
 from specbench.errors import SpecbenchError
+from specbench.timing import machine
 
 
 @pytest.fixture
@@ -45,6 +48,9 @@ def test_full_run_writes_everything(monkeypatch, tmp_path, qfile):
     assert set(res.plots) == {"speedup", "accepted_lengths"}
     md = (out / "summary.md").read_text()
     assert "lossy [lossy]" in md and "| a " in md
+    # every answer names the machine that timed it, and the report says which
+    here = machine(torch.device("cpu"))
+    assert {a["machine"] for a in answers} == {here} and f"- machine: {here}\n" in md
     # Spec-Bench layout: one line per question, per-turn lists
     sb = read_lines(out / "specbench_format" / "pld.jsonl")
     assert len(sb) == 3 and sb[0]["question_id"] == 1
@@ -87,6 +93,22 @@ def test_resume_after_interrupt_has_no_duplicates(monkeypatch, tmp_path, qfile):
     assert len(timed) == 18 - 7
     # answer 8 was question 2, vanilla, turn 1... the lossy answers still compare with vanilla
     assert all(a["matches_vanilla"] is (a["method"] != "lossy") for a in answers)
+
+
+def test_a_run_resumed_on_another_machine_is_flagged(monkeypatch, tmp_path, qfile):
+    """Ratios are only fair within one machine: a folder whose answers two machines timed says so."""
+    out = tmp_path / "res"
+    cfg = base_config(qfile)
+    monkeypatch.setattr(runner, "machine_of", lambda device: "CPU A")
+    install(monkeypatch, FakeGenerate(raise_after=7))
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(cfg, out, model=fake_model(), progress=False)
+    monkeypatch.setattr(runner, "machine_of", lambda device: "CPU B")
+    install(monkeypatch, FakeGenerate())
+    run_benchmark(cfg, out, model=fake_model(), progress=False)
+    md = (out / "summary.md").read_text()
+    assert "- machines: CPU A (7 answers); CPU B (11 answers)." in md
+    assert "different machines" in md and "- machine:" not in md
 
 
 def test_resume_mid_conversation_reuses_stored_turn(monkeypatch, tmp_path, qfile):

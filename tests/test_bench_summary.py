@@ -133,3 +133,13 @@ def test_acceptance_rate_is_accepted_over_drafted():
     assert row(df, "sps").acceptance_rate == pytest.approx((3 + 0 + 0 + 2) / (3 + 3 + 3 + 4))
     assert math.isnan(row(df, "vanilla").acceptance_rate)       # nothing drafted
     assert "acc. rate" in summary.overall_table(df)
+
+
+def test_machines_are_counted_and_reported():
+    """One machine: one line; several: a warning; answers from before the field: none."""
+    old = {"question_id": 1}
+    assert summary.machines([old]) == {} and summary.machine_line({}) == []
+    one = summary.machines([{"machine": "X"}, {"machine": "X"}, old])
+    assert one == {"X": 2} and summary.machine_line(one) == ["- machine: X"]
+    two = summary.machine_line(summary.machines([{"machine": "X"}, {"machine": "Y"}, {"machine": "X"}]))
+    assert two[0].startswith("- machines: X (2 answers); Y (1 answer).") and "different machines" in two[0]

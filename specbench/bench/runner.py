@@ -25,7 +25,8 @@ baselines), new_tokens, wall_time_s (the bench's synchronised timing of the whol
 steps, accepted_lengths, draft_tokens, lossless, prompt_tokens, token_ids, text, matches_vanilla
 (token-exact equality with the answer of the reference vanilla of the same numerics mode to the
 same question/turn/repeat; null without one), inner_wall_time_s (the method's own timing, from its
-stats) and stats (any further method statistics).
+stats), stats (any further method statistics) and machine (`specbench.timing.machine`: the device's
+name, and on a CPU the thread count and whether bfloat16 is native; a resumed run may have moved).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ import torch
 from specbench.checks import check_device
 from specbench.errors import SpecbenchError
 from specbench.strategies import STRATEGIES, make_proposer
+from specbench.timing import machine as machine_of
 
 from . import config as config_mod
 from . import datasets, plots, specbench_format, store, summary
@@ -182,7 +184,7 @@ class _Methods:
         return call
 
 
-def _answer(q, turn, repeat, m, ids, out, wall, matches) -> dict:
+def _answer(q, turn, repeat, m, ids, out, wall, matches, machine) -> dict:
     stats = dict(getattr(out, "stats", None) or {})
     token_ids = [int(t) for t in out.token_ids]
     return {
@@ -194,6 +196,7 @@ def _answer(q, turn, repeat, m, ids, out, wall, matches) -> dict:
         "prompt_tokens": len(ids), "token_ids": token_ids, "text": out.text,
         "matches_vanilla": matches, "inner_wall_time_s": _jsonable(stats.get("wall_time_s")),
         "stats": {k: _jsonable(v) for k, v in stats.items() if k not in STANDARD_STATS},
+        "machine": machine,
     }
 
 
@@ -212,7 +215,7 @@ def finalize(out: Path, cfg: dict, answers: list[dict], write: bool = True) -> B
         lossless = dict(zip(overall["method"], overall["lossless"]))
         plots.speedup_plot(df, plot_paths["speedup"])
         plots.accepted_lengths_plot(answers, plot_paths["accepted_lengths"], lossless)
-        store.atomic_write(files["summary_md"], summary.markdown_report(df, cfg, ref))
+        store.atomic_write(files["summary_md"], summary.markdown_report(df, cfg, ref, summary.machines(answers)))
         store.atomic_write(files["summary_csv"], df.to_csv(index=False))     # last: marks the folder finished
     else:
         for label in labels:
@@ -291,6 +294,7 @@ def _run_units(cfg, out, questions, remaining, total, done, answers, model, prog
     if model is None:
         model = core_load_model(cfg["model"], cfg["device"], cfg["dtype"], verbose, announce=progress)
     device = _device(model)
+    machine = machine_of(device)            # torch's threads are set by now
     calls = _Methods(model, cfg, verbose).calls
     # every first turn is built before timing starts, so a bad question fails early
     first_turns = [build_prompt(model, q, 0, []) for q in questions]
@@ -328,7 +332,7 @@ def _run_units(cfg, out, questions, remaining, total, done, answers, model, prog
                             matches = True
                         elif key(q, t, r, ref) in done:
                             matches = [int(x) for x in result.token_ids] == done[key(q, t, r, ref)]["token_ids"]
-                    a = _answer(q, t, r, m, ids, result, wall, matches)
+                    a = _answer(q, t, r, m, ids, result, wall, matches, machine)
                     writer.write(a)
                     done[k] = a
                     answers.append(a)

@@ -190,10 +190,32 @@ def phase_table(df: pd.DataFrame) -> str:
     return markdown_table(header, rows) if rows else ""
 
 
-def markdown_report(df: pd.DataFrame, cfg: dict, reference: str | None) -> str:
+def machines(answers: list[dict]) -> dict[str, int]:
+    """How many answers each machine timed (answers written before the bench recorded it count for none)."""
+    counts: dict[str, int] = {}
+    for a in answers:
+        if a.get("machine"):
+            counts[a["machine"]] = counts.get(a["machine"], 0) + 1
+    return counts
+
+
+def machine_line(counts: dict[str, int]) -> list[str]:
+    """The report's machine line; several machines (a run resumed elsewhere) get a warning."""
+    if len(counts) == 1:
+        return [f"- machine: {next(iter(counts))}"]
+    if counts:
+        listed = "; ".join(f"{name} ({n} answer{'' if n == 1 else 's'})" for name, n in counts.items())
+        return [f"- machines: {listed}. **The timings come from different machines**: compare only "
+                "answers of one machine (resume a run where it started)"]
+    return []
+
+
+def markdown_report(df: pd.DataFrame, cfg: dict, reference: str | None,
+                    machine_counts: dict[str, int] | None = None) -> str:
     model = cfg.get("model") or "default (SmolLM2-135M-Instruct GGUF)"
     lines = [f"# Benchmark {cfg.get('name') or ''}".rstrip(), "",
              f"- model: {model}, device {cfg['device']}, dtype {cfg['dtype']}",
+             *machine_line(machine_counts or {}),
              f"- dataset: {cfg['dataset']} (turns {cfg['turns']}, "
              f"categories {', '.join(cfg['categories']) if cfg.get('categories') else 'all'}"
              + (f", at most {cfg['limit_per_category']} per category" if cfg.get("limit_per_category") else "")
