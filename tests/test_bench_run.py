@@ -95,6 +95,12 @@ def test_resume_after_interrupt_has_no_duplicates(monkeypatch, tmp_path, qfile):
     assert all(a["matches_vanilla"] is (a["method"] != "lossy") for a in answers)
 
 
+def test_the_run_says_which_machine_times_it(monkeypatch, tmp_path, qfile, capsys):
+    install(monkeypatch)
+    run_benchmark(base_config(qfile), tmp_path / "res", model=fake_model(), progress=True)
+    assert f"timing on: {machine(torch.device('cpu'))}\n" in capsys.readouterr().err
+
+
 def test_a_run_resumed_on_another_machine_is_flagged(monkeypatch, tmp_path, qfile):
     """Ratios are only fair within one machine: a folder whose answers two machines timed says so."""
     out = tmp_path / "res"

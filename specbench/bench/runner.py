@@ -295,6 +295,7 @@ def _run_units(cfg, out, questions, remaining, total, done, answers, model, prog
         model = core_load_model(cfg["model"], cfg["device"], cfg["dtype"], verbose, announce=progress)
     device = _device(model)
     machine = machine_of(device)            # torch's threads are set by now
+    _log(progress, f"timing on: {machine}")
     calls = _Methods(model, cfg, verbose).calls
     # every first turn is built before timing starts, so a bad question fails early
     first_turns = [build_prompt(model, q, 0, []) for q in questions]
