@@ -36,7 +36,7 @@ from .checks import check_device, check_dtype
 from .engine import DecodeContext, run
 from .errors import SpecbenchError
 from .loading import ModelSource, load_with_status, locate_model
-from .model import ModelArgs, Transformer, rope_inv_freq
+from .model import ModelArgs, Transformer, cpu_bfloat16_native, rope_inv_freq
 from .numerics import check_numerics
 from .sampling import SamplingParams
 from .strategies.vanilla import Vanilla
@@ -293,7 +293,8 @@ def measure(request: Request, model: Transformer) -> pd.DataFrame:
     events), x_step (ms / ms of n=1 at that cache length); the run's constants are repeated on
     every row: vanilla_tok_s (per cache length), weight_gb, copy_gb_s, floor_ms (per token),
     pct_of_floor (vanilla against the floor), plus label, device, device_name, dtype, numerics,
-    threads.
+    threads and bfloat16_native (on a CPU: whether oneDNN multiplies bfloat16 natively; without it a
+    bfloat16 curve rises steeply, docs/results/cpu_profile_epyc_avx2).
     """
     check_context(model.args, request.cache_lens, request.new_tokens, request.decode_tokens)
     dev = model.device
@@ -317,6 +318,7 @@ def measure(request: Request, model: Transformer) -> pd.DataFrame:
     df.insert(3, "dtype", str(model.dtype).removeprefix("torch."))
     df.insert(4, "numerics", model.numerics)
     df.insert(5, "threads", used_threads if dev.type == "cpu" else None)
+    df.insert(6, "bfloat16_native", cpu_bfloat16_native() if dev.type == "cpu" else None)
     return df
 
 
@@ -344,7 +346,8 @@ def table(df: pd.DataFrame) -> str:
     """A markdown summary: per cache length, ms per forward and its ratio to the one-token step."""
     first = df.iloc[0]
     ns = sorted(df["new_tokens"].unique())
-    threads = f", {int(first['threads'])} threads" if first["device"] == "cpu" else ""
+    native = "native" if first["bfloat16_native"] else "not native"
+    threads = f", {int(first['threads'])} threads, bfloat16 {native}" if first["device"] == "cpu" else ""
     mode = "" if first["numerics"] == "fast" else f", numerics {first['numerics']}"
     lines = [f"{first['label']} on {first['device_name']}{threads}, {first['dtype']}{mode}: weights "
              f"{first['weight_gb']:.2f} GB, copy bandwidth {first['copy_gb_s']:.1f} GB/s -> floor "

@@ -25,6 +25,9 @@ def test_profile_api_tiny_shape():
     assert (df["ms"] > 0).all() and df["device_ms"].isna().all()           # no device timing on CPU
     assert (df.loc[df["new_tokens"] == 1, "x_step"] == 1.0).all()
     assert (df["vanilla_tok_s"] > 0).all() and (df["threads"] == 1).all()
+    assert (df["bfloat16_native"] == cpu_bfloat16_native()).all()
+    native = "native" if cpu_bfloat16_native() else "not native"
+    assert prof.table(df).splitlines()[0].startswith(f"tiny on {df['device_name'].iloc[0]}, 1 threads, bfloat16 {native}, float32")
     assert (df["label"] == "tiny").all() and (df["device"] == "cpu").all() and (df["dtype"] == "float32").all()
     model = prof.shape_model("tiny")
     assert df["weight_gb"].iloc[0] == pytest.approx(prof.weight_bytes(model) / 1e9)
