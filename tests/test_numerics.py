@@ -176,15 +176,16 @@ def test_random_bf16_models_lossless_methods_equal_vanilla():
 
 
 def test_default_model_bf16_lossless_methods_equal_vanilla(default_model):
-    """The default model in bf16, batch_invariant, 3 short prompts x 16 tokens (~25 s here): pld,
-    sps (the model as its own draft), early_exit, lookahead and medusa (the shipped heads) all
-    equal vanilla."""
+    """The default model in bf16, batch_invariant, 2 short prompts x 16 tokens: pld, sps (the model
+    as its own draft), early_exit, lookahead and medusa (the shipped heads) all equal vanilla.
+    About 25 s on a CPU with native bfloat16 (3 prompts then); on session 34's AVX2-only EPYC 3
+    prompts took 138 s, its bfloat16 products over several rows being unpacked, so 2 it is."""
     import copy
     model = copy.deepcopy(default_model).to(torch.bfloat16)
     model.numerics = BI
-    prompts = [specbench.encode_prompt(model, p) for p in ("What is 2+2?", "Name a color.", "Say hi.")]
+    prompts = [specbench.encode_prompt(model, p) for p in ("What is 2+2?", "Name a color.")]
     methods = {"pld": {}, "sps": {"draft": model}, "early_exit": {}, "lookahead": {}, "medusa": {}}
-    assert greedy_matches(model, methods, prompts, 16) == dict.fromkeys(methods, 3)
+    assert greedy_matches(model, methods, prompts, 16) == dict.fromkeys(methods, 2)
 
 
 # ---- the switch: API, CLI, bench ------------------------------------------------------------
