@@ -40,7 +40,7 @@ from .model import ModelArgs, Transformer, cpu_bfloat16_native, rope_inv_freq
 from .numerics import check_numerics
 from .sampling import SamplingParams
 from .strategies.vanilla import Vanilla
-from .timing import PHASES, device_name
+from .timing import PHASES, cpu_settings, device_name
 
 NEW_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -346,10 +346,9 @@ def table(df: pd.DataFrame) -> str:
     """A markdown summary: per cache length, ms per forward and its ratio to the one-token step."""
     first = df.iloc[0]
     ns = sorted(df["new_tokens"].unique())
-    native = "native" if first["bfloat16_native"] else "not native"
-    threads = f", {int(first['threads'])} threads, bfloat16 {native}" if first["device"] == "cpu" else ""
+    cpu = f", {cpu_settings(int(first['threads']), bool(first['bfloat16_native']))}" if first["device"] == "cpu" else ""
     mode = "" if first["numerics"] == "fast" else f", numerics {first['numerics']}"
-    lines = [f"{first['label']} on {first['device_name']}{threads}, {first['dtype']}{mode}: weights "
+    lines = [f"{first['label']} on {first['device_name']}{cpu}, {first['dtype']}{mode}: weights "
              f"{first['weight_gb']:.2f} GB, copy bandwidth {first['copy_gb_s']:.1f} GB/s -> floor "
              f"{first['floor_ms']:.3f} ms/token ({1e3 / first['floor_ms']:.0f} tok/s)", "",
              "| cache | | " + " | ".join(f"n={n}" for n in ns) + " | vanilla tok/s | % of floor |",

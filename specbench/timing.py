@@ -48,8 +48,12 @@ def machine(device: torch.device) -> str:
     docs/results/cpu_quick_xeon, docs/results/cpu_quick_epyc_avx2)."""
     if device.type == "cuda":
         return device_name(device)
-    native = "native" if cpu_bfloat16_native() else "not native"
-    return f"{device_name(device)}, {torch.get_num_threads()} threads, bfloat16 {native}"
+    return f"{device_name(device)}, {cpu_settings(torch.get_num_threads(), cpu_bfloat16_native())}"
+
+
+def cpu_settings(threads: int, bfloat16_native: bool) -> str:
+    """The CPU settings a timing names (the bench's machine, the profile's table)."""
+    return f"{threads} threads, bfloat16 {'native' if bfloat16_native else 'not native'}"
 
 
 @contextmanager

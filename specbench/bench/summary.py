@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -192,11 +193,7 @@ def phase_table(df: pd.DataFrame) -> str:
 
 def machines(answers: list[dict]) -> dict[str, int]:
     """How many answers each machine timed (answers written before the bench recorded it count for none)."""
-    counts: dict[str, int] = {}
-    for a in answers:
-        if a.get("machine"):
-            counts[a["machine"]] = counts.get(a["machine"], 0) + 1
-    return counts
+    return dict(Counter(a["machine"] for a in answers if a.get("machine")))
 
 
 def machine_line(counts: dict[str, int]) -> list[str]:
