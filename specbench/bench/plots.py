@@ -1,7 +1,8 @@
 """Seaborn figures of a benchmark, written as PNG with matplotlib's Agg backend.
 
-``speedup.png``           speedup over vanilla per method, for all questions and per category
-                          (tokens/s instead when the run has no vanilla).
+``speedup.png``           speedup over vanilla per method, for all questions and per category,
+                          with its 95% interval as an error bar (tokens/s instead when the run
+                          has no vanilla).
 ``accepted_lengths.png``  distribution of tokens committed per step, per method (methods whose
                           accepted lengths are unknown are left out).
 """
@@ -48,7 +49,22 @@ def speedup_plot(summary: pd.DataFrame, path: Path) -> Path:
     n_methods = df["label"].nunique()
     width = min(20.0, max(6.0, 0.22 * len(order) * max(1, n_methods) + 3))
     fig, ax = plt.subplots(figsize=(width, 4.5))
-    sns.barplot(data=df, x="category", y=metric, hue="label", order=order, ax=ax)
+    colors = sns.color_palette(n_colors=n_methods)
+    bar = 0.8 / n_methods
+    for i, label in enumerate(dict.fromkeys(df["label"])):
+        rows = df[df["label"] == label].set_index("category")
+        xs = [k for k, c in enumerate(order) if c in rows.index]
+        values = rows.loc[[order[k] for k in xs]]
+        centers = [x - 0.4 + (i + 0.5) * bar for x in xs]
+        ax.bar(centers, values[metric], bar, label=label, color=colors[i])
+        if metric == "speedup":
+            low, high = values["speedup_low"], values["speedup_high"]
+            known = low.notna().to_numpy()
+            # a percentile interval need not hold the point estimate: clip the bar's whiskers at it
+            errors = [(values[metric] - low)[known].clip(lower=0), (high - values[metric])[known].clip(lower=0)]
+            ax.errorbar([c for c, k in zip(centers, known) if k], values[metric][known], yerr=errors,
+                        fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+    ax.set_xticks(range(len(order)), order)
     if metric == "speedup":
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_ylabel("speedup over vanilla (mean tokens/s ratio)")

@@ -6,6 +6,8 @@
 * ``tokens_per_s`` of a method is the mean over units of that figure; ``speedup`` is it divided by
   the same mean of the reference vanilla (within the category for the category rows). Without a
   vanilla in the run, speedup is null.
+* ``speedup_low`` / ``speedup_high``: the speedup's 95% confidence interval, paired by unit
+  (`speedup_interval`). Null with fewer than 2 units shared with the reference.
 * ``mean_accepted`` is the mean of all accepted lengths of the method pooled (tokens committed per
   step, bonus included: 1.0 for vanilla), null where unknown.
 * ``acceptance_rate`` is accepted draft tokens over drafted tokens, pooled: the sum over steps of
@@ -21,6 +23,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -32,9 +35,11 @@ from specbench.timing import PHASES
 
 PHASE_COLUMNS = [f"{p}_ms" for p in PHASES]
 COLUMNS = ["method", "base_method", "options", "lossless", "category", "questions", "answers",
-           "new_tokens_mean", "wall_time_s", "tokens_per_s", "speedup", "mean_accepted", "acceptance_rate",
+           "new_tokens_mean", "wall_time_s", "tokens_per_s", "speedup", "speedup_low", "speedup_high",
+           "mean_accepted", "acceptance_rate",
            "exact_match", *PHASE_COLUMNS]
 ALL = "all"
+CONFIDENCE = 0.95
 
 
 def is_lossy(lossless) -> bool:
@@ -59,9 +64,57 @@ def _units(rows: list[dict]) -> dict:
     return units
 
 
+def _unit_speeds(rows: list[dict]) -> dict:
+    """(question_id, repeat) -> tokens/s of that unit (units without time left out)."""
+    return {key: tok / sec for key, (tok, sec, _) in _units(rows).items() if sec > 0}
+
+
 def _tps(rows: list[dict]) -> float:
-    speeds = [tok / sec for tok, sec, _ in _units(rows).values() if sec > 0]
+    speeds = list(_unit_speeds(rows).values())
     return float(np.mean(speeds)) if speeds else math.nan
+
+
+def speedup_interval(rows: list[dict], ref_rows: list[dict],
+                     confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """A confidence interval of the speedup, paired by unit: the delta method's interval of a ratio
+    of two means, with Student's t quantile for n - 1 degrees of freedom.
+
+    Why: the same config on the same idle 2-core CPU gave EAGLE 1.34x, 1.27x and 1.10x in three
+    runs of 8 questions (README, "Measured figures"); a point estimate alone hides that. Over the n
+    units both the method (speeds a) and the reference (b) answered, R = mean(a) / mean(b) and its
+    standard error is sd(a - R b) / (sqrt(n) mean(b)). Pairing keeps what a question shares between
+    methods (its length and difficulty, the machine's state while the methods ran it one after the
+    other) out of the error. Coverage of the 95% interval on simulated runs of 8 questions: 0.93
+    (tests/test_bench_summary.py); a paired percentile bootstrap covered 0.88 there.
+    """
+    mine, ref = _unit_speeds(rows), _unit_speeds(ref_rows)
+    keys = sorted(mine.keys() & ref.keys())
+    if len(keys) < 2:
+        return math.nan, math.nan
+    a, b = np.array([mine[k] for k in keys]), np.array([ref[k] for k in keys])
+    ratio = a.mean() / b.mean()
+    error = np.sqrt(((a - ratio * b) ** 2).sum() / (len(keys) - 1) / len(keys)) / b.mean()
+    half = t_quantile((1 + confidence) / 2, len(keys) - 1) * error
+    return float(ratio - half), float(ratio + half)
+
+
+@functools.cache
+def t_quantile(p: float, df: int) -> float:
+    """Student's t quantile for p in [0.5, 1), by bisection on its CDF (Simpson's rule over the
+    density): the bench needs no scipy at run time (tests compare it with scipy's)."""
+    scale = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(q: float) -> float:
+        y = scale * (1 + np.linspace(0.0, q, 2001) ** 2 / df) ** (-(df + 1) / 2)
+        return 0.5 + q / 6000 * (y[0] + y[-1] + 4 * y[1:-1:2].sum() + 2 * y[2:-1:2].sum())
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        low, high = high, 2 * high
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
 
 
 def _phases(rows: list[dict]) -> dict:
@@ -83,6 +136,7 @@ def _stats(rows: list[dict], ref_rows: list[dict] | None) -> dict:
     matches = [bool(a["matches_vanilla"]) for a in rows if a.get("matches_vanilla") is not None]
     known_drafts = known_acc and all(a.get("draft_tokens") is not None for a in rows)
     drafted = sum(x for a in rows for x in a["draft_tokens"]) if known_drafts else 0
+    low, high = speedup_interval(rows, ref_rows) if ref_rows else (math.nan, math.nan)
     return {
         "questions": len(_units(rows)),
         "answers": len(rows),
@@ -90,6 +144,8 @@ def _stats(rows: list[dict], ref_rows: list[dict] | None) -> dict:
         "wall_time_s": float(sum(a["wall_time_s"] for a in rows)),
         "tokens_per_s": tps,
         "speedup": tps / ref if ref and not math.isnan(ref) and ref > 0 else math.nan,
+        "speedup_low": low,
+        "speedup_high": high,
         "mean_accepted": float(np.mean(acc)) if acc and known_acc else math.nan,
         "acceptance_rate": sum(x - 1 for x in acc) / drafted if drafted else math.nan,
         "exact_match": float(np.mean(matches)) if matches else math.nan,
@@ -145,6 +201,7 @@ def _fmt(v, kind: str) -> str:
 
 
 TABLE_COLUMNS = [("method", "method", None), ("tok/s", "tokens_per_s", "f1"), ("speedup", "speedup", "x"),
+                 ("95% interval", "speedup_interval", "interval"),
                  ("mean acc.", "mean_accepted", "f2"), ("acc. rate", "acceptance_rate", "pct"),
                  ("exact match", "exact_match", "pct"),
                  ("lossless", "lossless", "bool"), ("answers", "answers", None), ("new tok.", "new_tokens_mean", "f1")]
@@ -158,6 +215,9 @@ def _table_rows(df: pd.DataFrame, with_category: bool) -> tuple[list[str], list[
         for _, key, kind in TABLE_COLUMNS:
             if key == "method":
                 cells.append(display_label(rec["method"], rec["lossless"]))
+            elif kind == "interval":
+                cells.append("-" if math.isnan(rec["speedup_low"]) else
+                             f"{rec['speedup_low']:.2f}-{rec['speedup_high']:.2f}x")
             else:
                 cells.append(_fmt(rec[key], kind))
         rows.append(cells)
@@ -219,7 +279,8 @@ def markdown_report(df: pd.DataFrame, cfg: dict, reference: str | None,
              + (f", at most {cfg['limit']} questions" if cfg.get("limit") else "") + ")",
              f"- max_new_tokens {cfg['max_new_tokens']}, temperature {cfg['temperature']}, top_k {cfg['top_k']}, "
              f"top_p {cfg['top_p']}, seed {cfg['seed']}, repeats {cfg['repeats']}",
-             f"- speedup: mean over questions of tokens/s, divided by the same for `{reference}`"
+             f"- speedup: mean over questions of tokens/s, divided by the same for `{reference}`; "
+             f"{CONFIDENCE:.0%} interval: paired by question (delta method, Student's t)"
              if reference else "- speedup: no vanilla in this run", "",
              "## All questions", "", overall_table(df), ""]
     phases = phase_table(df)
