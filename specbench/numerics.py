@@ -7,7 +7,7 @@ nonlinearity through this module, which picks, per mode and device:
 
 | | fast | batch_invariant |
 |---|---|---|
-| CPU matmul | the layer (`model.Linear`: oneDNN, prepacked) | `F.linear` on blocks of exactly `CPU_ROWS` rows (zero-padded) |
+| CPU matmul | the layer (`model.Linear`: oneDNN, prepacked) | `F.linear` on blocks of exactly `CPU_ROWS` rows (zero-padded); bf16 / fp16 in float32, rounded once |
 | CPU RMSNorm | `RMSNorm` (torch) | the same: row-invariant as it is (measured, tests/test_numerics.py) |
 | CPU SiLU | `F.silu` | `F.silu` row by row |
 | CPU attention | `sdpa` over slots [0, start + n), masked (on an empty cache: causal) | per token, its keys in position order |
@@ -20,8 +20,16 @@ for every k, and in bfloat16 at some shapes; a call of exactly CPU_ROWS rows giv
 bits wherever it sits in the block. Vectorised elementwise kernels finish a tensor's tail with a
 scalar loop, and for float32 SiLU the two disagree in the last bit: a row computed alone sees the
 same split every time. SDPA gives a row alone other bits than the same row among 64 queries.
+A bfloat16 or float16 product runs in float32 (inputs widened exactly, one rounding of the output,
+which is elementwise and so row-invariant), from a float32 copy of the weight kept beside it
+(`model.Linear.float32_weight`, twice the bfloat16 weight's memory): a CPU without native
+bfloat16 multiplies 8 bfloat16 rows 2.7-3.7x slower than 8 float32 ones (the default model's and
+the tests' shapes; 1.1x for the default model's LM head; session 35's AVX2-only AMD EPYC,
+`python experiments/cpu_half_rows.py`).
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +38,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .errors import SpecbenchError
 
+if TYPE_CHECKING:
+    from .model import Linear
+
 MODES = ("fast", "batch_invariant")
 # SDPA's backends for eager CUDA calls: all but cuDNN, which builds a plan for every new shape
 # (50 ms, on the host, for EAGLE's draft prefill of each new prompt length on the H200)
 EAGER_CUDA_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 CPU_ROWS = 8     # rows per F.linear call in batch_invariant mode on CPU
+HALF = (torch.bfloat16, torch.float16)
 
 
 def check_numerics(mode: str) -> str:
@@ -55,19 +67,22 @@ def _ops():
     return ops
 
 
-def linear(x: torch.Tensor, layer: nn.Linear, mode: str) -> torch.Tensor:
+def linear(x: torch.Tensor, layer: Linear, mode: str) -> torch.Tensor:
     if mode == "fast":
         return layer(x)
     if uses_kernels(x):
         return _ops().matmul(x, layer.weight, layer.bias)
     rows = x.shape[0]   # F.linear, not the layer: the facts above are MKL's, not prepacked oneDNN's
-    padded = torch.cat([x, x.new_zeros((-rows) % CPU_ROWS, x.shape[1])])
+    weight, bias = layer.weight, layer.bias
+    if x.dtype in HALF:   # in float32 from a kept copy of the weight, rounded once (see above)
+        weight, bias = layer.float32_weight()
+    padded = torch.cat([x.to(weight.dtype), x.new_zeros((-rows) % CPU_ROWS, x.shape[1], dtype=weight.dtype)])
     # each block is a fresh (aligned) tensor, so MKL takes the same path for every block
-    blocks = [F.linear(padded[i:i + CPU_ROWS].clone(), layer.weight, layer.bias) for i in range(0, padded.shape[0], CPU_ROWS)]
-    return torch.cat(blocks)[:rows]
+    blocks = [F.linear(padded[i:i + CPU_ROWS].clone(), weight, bias) for i in range(0, padded.shape[0], CPU_ROWS)]
+    return torch.cat(blocks)[:rows].to(x.dtype)
 
 
-def fused_linear(x: torch.Tensor, layer: nn.Linear, mode: str, norm: nn.Module | None = None,
+def fused_linear(x: torch.Tensor, layer: Linear, mode: str, norm: nn.Module | None = None,
                  residual: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
     """[residual +] layer(norm(x)), with `gated`: SiLU(gate) * up of the layer's two halves.
 
@@ -91,7 +106,7 @@ def fused_linear(x: torch.Tensor, layer: nn.Linear, mode: str, norm: nn.Module |
     return y if residual is None else residual + y
 
 
-def _skinny_fits(x: torch.Tensor, layer: nn.Linear, mode: str) -> bool:
+def _skinny_fits(x: torch.Tensor, layer: Linear, mode: str) -> bool:
     """Whether the product runs a fused kernel: a small weight without autograd, and in fast
     numerics a row count `skinny.handles` takes (batch_invariant: any, the tiles never depend on it)."""
     from specbench_kernels._common import DTYPES

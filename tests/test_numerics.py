@@ -18,7 +18,7 @@ import specbench  # noqa: E402
 from specbench import numerics  # noqa: E402
 from specbench.cli import main as cli_main  # noqa: E402
 from specbench.errors import SpecbenchError  # noqa: E402
-from specbench.model import RMSNorm  # noqa: E402
+from specbench.model import Linear, RMSNorm  # noqa: E402
 from specbench_kernels import gpu_check  # noqa: E402
 from specbench_kernels.attention import attention_reference  # noqa: E402
 
@@ -46,10 +46,30 @@ LINEAR_SHAPES = [(576, 960), (576, 576), (576, 3072), (1536, 576), (576, 8192), 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", LINEAR_SHAPES)
 def test_cpu_linear_rows_are_batch_invariant(dtype, shape):
-    layer = nn.Linear(*shape, bias=shape == (576, 960)).to(dtype)
+    layer = Linear(*shape, bias=shape == (576, 960)).to(dtype)
     x = randn(21, shape[0], dtype=dtype)
     assert_rows_invariant(lambda t: numerics.linear(t, layer, BI), x)
-    assert rel_err(numerics.linear(x, layer, BI), layer(x)) < TOL[dtype]
+    assert rel_err(numerics.linear(x, layer, BI), nn.functional.linear(x, layer.weight, layer.bias)) < TOL[dtype]
+
+
+def test_cpu_half_precision_products_run_in_float32_from_a_kept_copy():
+    """batch_invariant on CPU: a bfloat16 product is the float32 product of the widened inputs
+    (one 8-row block), rounded once; the float32 weight is kept, and remade when the weight changes."""
+    layer = Linear(64, 32, bias=True).to(torch.bfloat16)
+    x = randn(3, 64, dtype=torch.bfloat16)
+
+    def expected() -> torch.Tensor:
+        block = torch.cat([x.float(), torch.zeros(numerics.CPU_ROWS - 3, 64)])
+        return nn.functional.linear(block, layer.weight.float(), layer.bias.float())[:3].to(torch.bfloat16)
+
+    y = numerics.linear(x, layer, BI)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, expected())
+    kept = layer.float32_weight()[0]
+    numerics.linear(x, layer, BI)
+    assert layer.float32_weight()[0] is kept
+    with torch.no_grad():
+        layer.weight.mul_(-1)                     # in place: a stale copy would give y again
+    assert torch.equal(numerics.linear(x, layer, BI), expected()) and not torch.equal(expected(), y)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -179,7 +199,8 @@ def test_default_model_bf16_lossless_methods_equal_vanilla(default_model):
     """The default model in bf16, batch_invariant, 2 short prompts x 16 tokens: pld, sps (the model
     as its own draft), early_exit, lookahead and medusa (the shipped heads) all equal vanilla.
     About 25 s on a CPU with native bfloat16 (3 prompts then); on session 34's AVX2-only EPYC 3
-    prompts took 138 s, its bfloat16 products over several rows being unpacked, so 2 it is."""
+    prompts took 138 s, its bfloat16 products over several rows being unpacked, so 2 it is (41 s
+    there since session 35's float32 products in this mode)."""
     import copy
     model = copy.deepcopy(default_model).to(torch.bfloat16)
     model.numerics = BI
