@@ -16,7 +16,39 @@ from specbench.cuda_graph import graphed_model, step_buckets
 from specbench.strategies.early_exit import EarlyExit
 from specbench.tree import ancestor_mask
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.cuda
+
+
+def test_cuda_tests_skip_where_they_cannot_run(monkeypatch):
+    """conftest's hook: without CUDA, or with TRITON_INTERPRET=1 in the process (the interpreter's
+    tests set it, and the CUDA tests would then fail, session 35), the tests marked cuda are
+    skipped with the reason; on a GPU machine in a process of their own they run."""
+    import conftest
+
+    class Item:
+        def __init__(self, cuda: bool):
+            self.cuda, self.skips = cuda, []
+
+        def get_closest_marker(self, name):
+            return name == "cuda" and self.cuda or None
+
+        def add_marker(self, marker):
+            self.skips.append(marker.kwargs["reason"])
+
+    def skips(cuda_available: bool, environ: dict) -> list[list[str]]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
+        for key in ("TRITON_INTERPRET",):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in environ.items():
+            monkeypatch.setenv(key, value)
+        items = [Item(cuda=True), Item(cuda=False)]
+        conftest.pytest_collection_modifyitems(None, items)
+        return [item.skips for item in items]
+
+    assert skips(False, {}) == [["needs a CUDA device"], []]
+    interpreted = skips(True, {"TRITON_INTERPRET": "1"})
+    assert "make test-cuda" in interpreted[0][0] and interpreted[1] == []
+    assert skips(True, {}) == [[], []]
 
 
 def test_graphed_model_reuses_a_larger_captured_set(monkeypatch):

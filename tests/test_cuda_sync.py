@@ -15,7 +15,7 @@ import specbench
 from specbench import engine
 from specbench.timing import counting_syncs
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.cuda
 
 STEP_PHASES = ("draft", "forward", "verify", "host")
 

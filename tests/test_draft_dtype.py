@@ -102,7 +102,7 @@ def test_sps_check_fails_when_the_verifier_sees_another_q(target, drafts, monkey
     assert fit_pvalue(counts, vanilla_joint(target, prompt, params, 3)) < ALPHA
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 @pytest.mark.parametrize("method", ["sps", "medusa", "eagle", "eagle3"])
 def test_cuda_drafters_in_another_dtype_than_the_target(method):
     """On CUDA the default is the target's dtype; a float32 drafter beside a bfloat16 target runs

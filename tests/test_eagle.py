@@ -319,7 +319,7 @@ def test_default_model_greedy_identical(default_model, tree):
     assert out.token_ids == vanilla.token_ids
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
+@pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["eagle", "eagle3"])
 @pytest.mark.parametrize("tree", ["dynamic", "static"])
 def test_cuda_graphed_draft_step(tree, kind, monkeypatch):
