@@ -149,6 +149,7 @@ class Linear(nn.Linear):
         packable = w.device.type == "cpu" and torch.backends.mkldnn.is_available() and (
             w.dtype == torch.float32 or (w.dtype == torch.bfloat16 and cpu_bfloat16_native()))
         self._packed = (torch.ops.mkldnn._reorder_linear_weight(w.detach()), self._key()) if packable else None
+        self.__dict__.pop("_float32", None)    # a move or cast leaves the float32 copy stale: drop it now
 
     def _key(self) -> tuple[int, int]:
         """What identifies the weight the packed copy was made from."""

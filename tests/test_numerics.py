@@ -70,6 +70,9 @@ def test_cpu_half_precision_products_run_in_float32_from_a_kept_copy():
     with torch.no_grad():
         layer.weight.mul_(-1)                     # in place: a stale copy would give y again
     assert torch.equal(numerics.linear(x, layer, BI), expected()) and not torch.equal(expected(), y)
+    layer.to(torch.float32)
+    layer.pack()                                  # what Transformer.pack_weights does on a move or cast
+    assert "_float32" not in layer.__dict__       # the stale copy's memory is not held
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
