@@ -60,7 +60,7 @@ def speedup_plot(summary: pd.DataFrame, path: Path) -> Path:
         if metric == "speedup":
             low, high = values["speedup_low"], values["speedup_high"]
             known = low.notna().to_numpy()
-            # a percentile interval need not hold the point estimate: clip the bar's whiskers at it
+            # the interval covers the units both answered, the speedup all of each: the whiskers stop at the bar
             errors = [(values[metric] - low)[known].clip(lower=0), (high - values[metric])[known].clip(lower=0)]
             ax.errorbar([c for c, k in zip(centers, known) if k], values[metric][known], yerr=errors,
                         fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
