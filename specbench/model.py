@@ -170,10 +170,10 @@ class Linear(nn.Linear):
     def float32_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight and bias in float32, kept while the weight is unchanged: batch_invariant numerics
         multiply a half-precision layer in float32 on CPU (`numerics.linear`)."""
-        cached = self.__dict__.get("_float32")
-        if cached is None or cached[0] != self._key():
+        key, cached = self._key(), self.__dict__.get("_float32")
+        if cached is None or cached[0] != key:
             bias = None if self.bias is None else self.bias.detach().float()
-            cached = self.__dict__["_float32"] = (self._key(), self.weight.detach().float(), bias)
+            cached = self.__dict__["_float32"] = (key, self.weight.detach().float(), bias)
         return cached[1], cached[2]
 
     def __getstate__(self):   # copies and pickles drop the packed weight (an opaque tensor) and the float32 one

@@ -76,7 +76,8 @@ def linear(x: torch.Tensor, layer: Linear, mode: str) -> torch.Tensor:
     weight, bias = layer.weight, layer.bias
     if x.dtype in HALF:   # in float32 from a kept copy of the weight, rounded once (see above)
         weight, bias = layer.float32_weight()
-    padded = torch.cat([x.to(weight.dtype), x.new_zeros((-rows) % CPU_ROWS, x.shape[1], dtype=weight.dtype)])
+    wide = x.to(weight.dtype)
+    padded = torch.cat([wide, wide.new_zeros((-rows) % CPU_ROWS, x.shape[1])])
     # each block is a fresh (aligned) tensor, so MKL takes the same path for every block
     blocks = [F.linear(padded[i:i + CPU_ROWS].clone(), weight, bias) for i in range(0, padded.shape[0], CPU_ROWS)]
     return torch.cat(blocks)[:rows].to(x.dtype)

@@ -37,8 +37,7 @@ def test_cuda_tests_skip_where_they_cannot_run(monkeypatch):
 
     def skips(cuda_available: bool, environ: dict) -> list[list[str]]:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
-        for key in ("TRITON_INTERPRET",):
-            monkeypatch.delenv(key, raising=False)
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         for key, value in environ.items():
             monkeypatch.setenv(key, value)
         items = [Item(cuda=True), Item(cuda=False)]
