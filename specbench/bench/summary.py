@@ -84,8 +84,9 @@ def speedup_interval(rows: list[dict], ref_rows: list[dict],
     units both the method (speeds a) and the reference (b) answered, R = mean(a) / mean(b) and its
     standard error is sd(a - R b) / (sqrt(n) mean(b)). Pairing keeps what a question shares between
     methods (its length and difficulty, the machine's state while the methods ran it one after the
-    other) out of the error. Coverage of the 95% interval on simulated runs of 8 questions: 0.93
-    (tests/test_bench_summary.py); a paired percentile bootstrap covered 0.88 there.
+    other) out of the error. Coverage of the 95% interval on simulated runs of 8 questions: 0.93;
+    a paired percentile bootstrap covered 0.88 there (`python experiments/speedup_interval_coverage.py`,
+    the simulation of tests/test_bench_summary.py).
     """
     mine, ref = _unit_speeds(rows), _unit_speeds(ref_rows)
     keys = sorted(mine.keys() & ref.keys())
