@@ -106,12 +106,19 @@ def _skinny_kernel(X, W, B, NW, RES, OUT, M, N, K, stride_wn, eps,
 
 
 @triton.jit(do_not_specialize=["M"])
-def _tiles_kernel(X, W, B, NW, OUT, M, N, K, stride_wn, eps,
+def _tiles_kernel(X, W, B, NW, OUT, PART, TICKETS, M, N, K, K_SPAN, stride_wn, eps,
                   NORM: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  EMULATE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                  EMULATE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                  SPLIT: tl.constexpr):
     """The fusion of `_skinny_kernel` but the residual add, for a [BM, BN] tile of outputs, products
     on tl.dot. M is not specialised (Triton compiles other code for arguments equal to 1 or
-    divisible by 16)."""
+    divisible by 16).
+
+    SPLIT > 1: program (n, m, s) sums K columns [s * K_SPAN, (s + 1) * K_SPAN) into PART (float32,
+    [SPLIT, 1 or 2 for the up half, M, N]) and takes a ticket for its tile; the program that draws
+    the last one adds the SPLIT partial sums in the order s = 0, 1, ..., applies the epilogue,
+    stores, and resets the tile's ticket to 0 for the next call. The order is fixed by s, never by
+    which program finishes last, so a row's bits still do not depend on M."""
     dtype = OUT.dtype.element_ty
     rm = tl.program_id(1) * BM + tl.arange(0, BM)
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
@@ -125,7 +132,8 @@ def _tiles_kernel(X, W, B, NW, OUT, M, N, K, stride_wn, eps,
         inv_rms = tl.rsqrt(tl.sum(sum_sq, axis=1) / K + eps)
     acc = tl.zeros((BM, BN), tl.float32)
     acc_up = tl.zeros((BM, BN), tl.float32)
-    for k0 in range(0, K, BK):
+    k_lo = tl.program_id(2) * K_SPAN
+    for k0 in range(k_lo, tl.minimum(k_lo + K_SPAN, K), BK):
         rk = k0 + tl.arange(0, BK)
         k_ok = rk < K
         x = tl.load(X + rm[:, None] * K + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
@@ -139,25 +147,63 @@ def _tiles_kernel(X, W, B, NW, OUT, M, N, K, stride_wn, eps,
         if GATED:
             w = tl.load(W + (rn[None, :] + N) * stride_wn + rk[:, None], mask=w_ok, other=0.0)
             acc_up = dot(x, w, acc_up, EMULATE)
+    out_ok = row_ok[:, None] & col_ok[None, :]
+    if SPLIT > 1:
+        planes = 2 if GATED else 1
+        tile = rm[:, None] * N + rn[None, :]
+        part = PART + tl.program_id(2) * planes * M * N + tile
+        tl.store(part, acc, mask=out_ok)
+        if GATED:
+            tl.store(part + M * N, acc_up, mask=out_ok)
+        ticket = TICKETS + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+        drawn = tl.atomic_add(ticket, 1, sem="acq_rel")      # releases the stores above
+        # broadcast before comparing: the interpreter refuses a mask made with a scalar comparison
+        last = tl.zeros((BM, BN), tl.int32) + drawn == SPLIT - 1
+        acc = tl.zeros((BM, BN), tl.float32)
+        acc_up = tl.zeros((BM, BN), tl.float32)
+        for s in tl.static_range(SPLIT):
+            acc += tl.load(PART + s * planes * M * N + tile, mask=out_ok & last, other=0.0, cache_modifier=".cg")
+            if GATED:
+                acc_up += tl.load(PART + (s * planes + 1) * M * N + tile, mask=out_ok & last, other=0.0,
+                                  cache_modifier=".cg")
+        tl.atomic_xchg(ticket, 0, mask=drawn == SPLIT - 1)
+        out_ok = out_ok & last
     y = acc
     if HAS_BIAS:
         y += tl.load(B + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if GATED:
         gate = rounded(y, dtype, EMULATE)
         y = rounded(gate * tl.sigmoid(gate), dtype, EMULATE) * rounded(acc_up, dtype, EMULATE)
-    tl.store(OUT + rm[:, None] * N + rn[None, :], rounded(y, dtype, EMULATE).to(dtype),
-             mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(OUT + rm[:, None] * N + rn[None, :], rounded(y, dtype, EMULATE).to(dtype), mask=out_ok)
 
 
-def tiles_config(n: int, k: int, gated: bool = False, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of `invariant_linear`: from the weight's shape and
-    dtype only. The best tiles of session 29's sweep at 4 and 16 rows on an H200
+def tiles_config(n: int, k: int, gated: bool = False, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, split) of `invariant_linear`: from the weight's shape
+    and dtype only. The best tiles of session 29's sweep at 4 and 16 rows on an H200
     (docs/results/gpu_skinny_tiles_h200/skinny.csv): all of K in one step, 16 outputs a program;
     for the gated product, 32 outputs and K 256 at a time (6.6-6.9 against 10.4-10.6 us). float32
     tiles take 512 of K at a time: all of the down product's K (1,536, padded to 2,048) needed 256 KB
-    of shared memory, past the H200's 227 KB (`gpu_check invariant`, session 30)."""
+    of shared memory, past the H200's 227 KB (`gpu_check invariant`, session 30). `split` programs
+    share a tile's K (1: none)."""
     k_step = 256 if gated else 512 if dtype == torch.float32 else 2048
-    return 16, 32 if gated else 16, min(pad(k), k_step), 4
+    return 16, 32 if gated else 16, min(pad(k), k_step), 4, 1
+
+
+_TICKETS: dict[torch.device, torch.Tensor] = {}
+
+
+def tickets(device: torch.device, count: int) -> torch.Tensor:
+    """The split tiles' ticket counters on `device`: zeroed once, and every kernel leaves them at
+    zero, so one buffer serves every call. Made on the first call, which must not be inside a CUDA
+    graph capture (the graph would own the memory); `cuda_graph.capture` and gpu_check warm up
+    first. Grows (outside a capture) when a call has more tiles."""
+    have = _TICKETS.get(device)
+    if have is None or have.numel() < count:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("invariant_linear: the first split-K call on a device ran inside a CUDA graph "
+                               "capture; call it once before capturing")
+        have = _TICKETS[device] = torch.zeros(max(count, 4096), dtype=torch.int32, device=device)
+    return have
 
 
 def _checked(name: str, x: torch.Tensor, weight: torch.Tensor, bias, norm_weight, residual, gated: bool) -> int:
@@ -179,7 +225,7 @@ def _checked(name: str, x: torch.Tensor, weight: torch.Tensor, bias, norm_weight
 
 def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      norm_weight: torch.Tensor | None = None, eps: float = 0.0, gated: bool = False,
-                     block: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                     block: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
     """x [M, K], any M, through the fused product on fixed tiles -> [M, N] in x's dtype; a row's
     bits do not depend on M. `block` overrides `tiles_config` (measurements).
 
@@ -192,12 +238,18 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     M, K = x.shape
     x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    block_m, block_n, block_k, warps = block or tiles_config(N, K, gated, x.dtype)
-    _tiles_kernel[(triton.cdiv(N, block_n), triton.cdiv(M, block_m))](
-        x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight, out, M, N, K,
+    block_m, block_n, block_k, warps, split = block or tiles_config(N, K, gated, x.dtype)
+    # each of `split` programs takes a whole number of K blocks; none is left empty
+    k_span = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
+    split = triton.cdiv(K, k_span)
+    grid = (triton.cdiv(N, block_n), triton.cdiv(M, block_m), split)
+    parts = x.new_empty(split * (2 if gated else 1) * M * N if split > 1 else 1, dtype=torch.float32)
+    _tiles_kernel[grid](
+        x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight, out, parts,
+        tickets(x.device, grid[0] * grid[1]) if split > 1 else parts, M, N, K, k_span,
         weight.stride(0), eps, NORM=norm_weight is not None, GATED=gated, HAS_BIAS=bias is not None,
-        EMULATE=emulate_dots(), BM=block_m, BN=block_n, BK=block_k, num_warps=warps,
-        num_stages=1 if block_k >= K else 2)
+        EMULATE=emulate_dots(), BM=block_m, BN=block_n, BK=block_k, SPLIT=split, num_warps=warps,
+        num_stages=1 if block_k >= k_span else 2)
     return out
 
 

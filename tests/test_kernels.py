@@ -21,7 +21,7 @@ from specbench_kernels import gpu_check, ops, skinny  # noqa: E402
 from specbench_kernels.attention import attention_reference, invariant_attention, tree_attention  # noqa: E402
 from specbench_kernels.matmul import BLOCK_M, matmul, matmul_reference  # noqa: E402
 from specbench_kernels.rmsnorm import rms_norm, rms_norm_reference  # noqa: E402
-from specbench_kernels.skinny import MAX_ROWS, invariant_linear, skinny_linear, skinny_linear_reference  # noqa: E402
+from specbench_kernels.skinny import MAX_ROWS, invariant_linear, skinny_linear, skinny_linear_reference, tickets  # noqa: E402
 
 from attention_cases import DTYPES, TOL, attention_case, randn, random_tree, rel_err  # noqa: E402, I001
 
@@ -106,13 +106,14 @@ def test_skinny_linear_matches_reference(dtype, fusion):
 @pytest.mark.parametrize("fusion", list(SKINNY_FUSIONS))
 def test_invariant_linear_matches_reference_and_is_batch_invariant(dtype, fusion):
     """batch_invariant's fused product (the residual add stays outside): 40 rows (three row tiles,
-    the last ragged) within TOL of the reference, with the chosen tiles and with small ones
-    (several K steps and column blocks); and every row's bits the same in calls of 1, 2, 17 and
-    40 rows."""
+    the last ragged) within TOL of the reference, with the chosen tiles, with small ones (several K
+    steps and column blocks), and with K split among 3 programs a tile (the last K block ragged;
+    the ticket counters left at zero for the next call); and every row's bits the same in calls
+    of 1, 2, 17 and 40 rows."""
     x, w, kwargs = skinny_case(dtype, fusion, rows=40)
     residual = kwargs.pop("residual")
     ref = skinny_linear_reference(x, w, **kwargs)
-    for block in (None, (16, 16, 32, 4)):
+    for block in (None, (16, 16, 32, 4, 1), (16, 16, 16, 4, 3)):
         full = invariant_linear(x, w, block=block, **kwargs)
         assert rel_err(full, ref) < TOL[dtype]
         if residual is not None:
@@ -121,6 +122,7 @@ def test_invariant_linear_matches_reference_and_is_batch_invariant(dtype, fusion
             assert torch.equal(invariant_linear(x[:rows], w, block=block, **kwargs), full[:rows])
         for i in (5, 39):
             assert torch.equal(invariant_linear(x[i:i + 1], w, block=block, **kwargs), full[i:i + 1])
+        assert not tickets(x.device, 1).any()
 
 
 def test_skinny_linear_reference_catches_a_missing_fusion():
@@ -312,13 +314,17 @@ for dt in ("bf16", "fp32"):
     # the default model's four products on their chosen tiles: tensor cores for bf16, and shared
     # memory within the H200's 227 KB (all of K = 1,536 at once in float32 took 256 KB)
     for n_out, k_in, gated in ((960, 576, False), (576, 576, False), (1536, 576, True), (576, 1536, False)):
-        bm, bn, bk, warps = sk.tiles_config(n_out, k_in, gated, torch.float32 if dt == "fp32" else torch.bfloat16)
-        k = build(sk._tiles_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt,
-                  "OUT": "*" + dt, "eps": "fp32", **ints("M", "N", "K", "stride_wn")},
-                  {"NORM": True, "GATED": gated, "HAS_BIAS": False, "EMULATE": False, "BM": bm, "BN": bn, "BK": bk},
-                  num_warps=warps, num_stages=1 if bk >= k_in else 2)
-        assert ("mma" in k.asm["ptx"]) == (dt == "bf16")
-        assert k.metadata.shared <= 232448, (dt, n_out, k_in, k.metadata.shared)
+        bm, bn, bk, warps, split = sk.tiles_config(n_out, k_in, gated, torch.float32 if dt == "fp32" else torch.bfloat16)
+        for split in {split, 4}:     # the chosen split, and 4 programs a tile (atomic tickets)
+            k = build(sk._tiles_kernel, {"X": "*" + dt, "W": "*" + dt, "B": "*" + dt, "NW": "*" + dt,
+                      "OUT": "*" + dt, "PART": "*fp32", "TICKETS": "*i32", "eps": "fp32",
+                      **ints("M", "N", "K", "K_SPAN", "stride_wn")},
+                      {"NORM": True, "GATED": gated, "HAS_BIAS": False, "EMULATE": False, "BM": bm, "BN": bn,
+                       "BK": bk, "SPLIT": split},
+                      num_warps=warps, num_stages=1 if bk >= k_in else 2)
+            assert ("mma" in k.asm["ptx"]) == (dt == "bf16")
+            assert ("atom" in k.asm["ptx"]) == (split > 1)
+            assert k.metadata.shared <= 232448, (dt, n_out, k_in, k.metadata.shared)
     build(rn._rms_norm_kernel, {"X": "*" + dt, "W": "*" + dt, "OUT": "*" + dt, "eps": "fp32",
           **ints("D", "stride_x", "stride_o")}, {"BLOCK": 1024})
     common = {"Q": "*" + dt, "K": "*" + dt, "V": "*" + dt, "START": "*i64", "PM": "*fp32", "PL": "*fp32",
