@@ -11,7 +11,8 @@ Stages (run on the GPU machine, the checkout's kernels importable as `specbench_
     python experiments/gpu_split_tiles.py OUT sweep   # each product x rows x tiles: time, error, invariance
     python experiments/gpu_split_tiles.py OUT step    # compiled decode step: fast, tiles as shipped, chosen
 
-`sweep` writes sweep.csv and choice.json (per product, the correct configuration with the least
+`sweep` writes sweep.csv (beside each product's cuBLAS time alone, what fast numerics runs over
+several rows, without its norm and epilogue kernels) and choice.json (per product, the correct configuration with the least
 time summed over 1, 4 and 16 rows); `step` reads choice.json and writes step.csv: the compiled,
 graph-replayed one-token forward of the default model's shape (random weights, 200 tokens in a
 512-slot cache) in each variant, its 16-token forward, and whether every row of a 16-token chain
@@ -67,6 +68,12 @@ def sweep(out: Path) -> None:
         configs.update({f"{bn}x{bk}w4s{s}": (16, bn, bk, 4, s) for bn in ((16, 32) if gated else (16,))
                         for bk, s in SWEEP})
         x = 3 * g._randn(max(ROWS), k, dtype=torch.bfloat16, device="cuda", seed=21)
+        for rows in ROWS:       # what fast numerics runs over several rows: cuBLAS's product alone
+            xr = x[:rows]
+            us = g._cold_graph_microseconds(lambda wc: torch.nn.functional.linear(xr, wc, kwargs.get("bias")), w)
+            _append(out / "sweep.csv", {"what": what, "config": "cublas product alone", "rows": rows, "ok": "",
+                                        "split_run": "", "rel_err": "", "equal_alone": "", "equal_again": "",
+                                        "us": round(us, 2), "error": ""})
         for name, block in configs.items():
             total = 0.0
             for rows in ROWS:
