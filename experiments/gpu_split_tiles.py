@@ -36,6 +36,8 @@ ROWS = (1, 4, 16, 64)
 # takes whole K blocks per program, so the split it runs is cdiv(K, k_span) (sweep.csv's `split_run`)
 SWEEP = [(bk, s) for bk in (64, 128, 256) for s in (2, 4, 8, 16)]
 
+SWEEP_FIELDS = ["what", "config", "rows", "ok", "split_run", "rel_err", "equal_alone", "equal_again", "us", "error"]
+
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
@@ -48,10 +50,11 @@ def _products():
             yield what.replace("+residual", ""), w, {k: v for k, v in kwargs.items() if k != "residual"}
 
 
-def _append(path: Path, row: dict) -> None:
+def _append(path: Path, row: dict, fields: list[str] | None = None) -> None:
+    """One CSV row, the header first; `fields` fixes the columns (a missing value is left empty)."""
     new = not path.exists()
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer = csv.DictWriter(f, fieldnames=fields or list(row), restval="")
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -71,9 +74,8 @@ def sweep(out: Path) -> None:
         for rows in ROWS:       # what fast numerics runs over several rows: cuBLAS's product alone
             xr = x[:rows]
             us = g._cold_graph_microseconds(lambda wc: torch.nn.functional.linear(xr, wc, kwargs.get("bias")), w)
-            _append(out / "sweep.csv", {"what": what, "config": "cublas product alone", "rows": rows, "ok": "",
-                                        "split_run": "", "rel_err": "", "equal_alone": "", "equal_again": "",
-                                        "us": round(us, 2), "error": ""})
+            _append(out / "sweep.csv", {"what": what, "config": "cublas product alone", "rows": rows,
+                                        "us": round(us, 2)}, SWEEP_FIELDS)
         for name, block in configs.items():
             total = 0.0
             for rows in ROWS:
@@ -83,7 +85,7 @@ def sweep(out: Path) -> None:
                     got = skinny.invariant_linear(xr, w, block=block, **kwargs)
                 except Exception as e:      # a tile past the shared memory: recorded, not chosen
                     _append(out / "sweep.csv", {"what": what, "config": name, "rows": rows, "ok": False,
-                                                "error": type(e).__name__})
+                                                "error": type(e).__name__}, SWEEP_FIELDS)
                     break
                 alone = all(torch.equal(skinny.invariant_linear(x[i:i + 1], w, block=block, **kwargs), got[i:i + 1])
                             for i in {0, rows - 1})
@@ -94,7 +96,7 @@ def sweep(out: Path) -> None:
                 ok = err < g.TOL[torch.bfloat16] and alone and again
                 _append(out / "sweep.csv", {"what": what, "config": name, "rows": rows, "ok": ok,
                                             "split_run": _cdiv(k, k_span), "rel_err": err, "equal_alone": alone,
-                                            "equal_again": again, "us": round(us, 2), "error": ""})
+                                            "equal_again": again, "us": round(us, 2)}, SWEEP_FIELDS)
                 if not ok:
                     break
                 total += us if rows in (1, 4, 16) else 0.0
