@@ -130,7 +130,7 @@ def _use(choice: dict | None) -> None:
     hidden, heads, kv_heads, hd, inter, _ = g.MODELS["smollm2-135m"]
     by_shape = {"qkv+norm+bias": ((heads + 2 * kv_heads) * hd, hidden, False), "o": (hidden, heads * hd, False),
                 "gate_up+norm+silu": (inter, hidden, True), "down": (hidden, inter, False)}
-    table = {by_shape[what]: tuple(c["block"]) for what, c in choice.items() if c["block"]}
+    table = {by_shape[what]: tuple(c["block"]) for what, c in choice.items() if c["block"] and what in by_shape}
 
     def chosen(n, k, gated=False, dtype=torch.bfloat16):
         return table.get((n, k, gated), shipped(n, k, gated, dtype)) if dtype == torch.bfloat16 else shipped(n, k, gated, dtype)
