@@ -9,14 +9,16 @@ program) multiplies the programs and keeps a row's bits independent of the row c
 Stages (run on the GPU machine, the checkout's kernels importable as `specbench_kernels`):
 
     python experiments/gpu_split_tiles.py OUT sweep   # each product x rows x tiles: time, error, invariance
-    python experiments/gpu_split_tiles.py OUT step    # compiled decode step: fast, tiles as shipped, chosen
+    python experiments/gpu_split_tiles.py OUT step    # compiled decode step: fast, and batch_invariant's tiles
 
-`sweep` writes sweep.csv (beside each product's cuBLAS time alone, what fast numerics runs over
-several rows, without its norm and epilogue kernels) and choice.json (per product, the correct configuration with the least
-time summed over 1, 4 and 16 rows); `step` reads choice.json and writes step.csv: the compiled,
-graph-replayed one-token forward of the default model's shape (random weights, 200 tokens in a
-512-slot cache) in each variant, its 16-token forward, and whether every row of a 16-token chain
-equals its one-token forward bit for bit (batch_invariant variants).
+`sweep` writes sweep.csv (beside each product's cuBLAS time alone, which fast numerics runs over
+several rows, without its norm and epilogue kernels) and choice.json (per product, the correct
+configuration with the least time summed over 1, 4 and 16 rows). `step` writes step.csv: the
+compiled, graph-replayed forward over 1 and 16 tokens of the default model's shape (random
+weights, 200 tokens in a 512-slot cache) in fast numerics, and in batch_invariant numerics with
+the tiles as shipped, with all of K in one program (the tiles before session 36), and with
+choice.json's tiles if OUT holds one; for batch_invariant, whether every row of a 16-token chain
+equals its one-token forward bit for bit.
 """
 from __future__ import annotations
 
@@ -119,13 +121,20 @@ def _block(name: str) -> list[int]:
     return [16, int(bn), int(bk), int(wp), int(s)]
 
 
-def _use(choice: dict | None) -> None:
-    """tiles_config as shipped (None) or returning the chosen blocks, by the product's shape."""
+def _use(choice: dict | str | None) -> None:
+    """tiles_config as shipped (None), with all of K in one program ("unsplit": the tiles before
+    session 36), or returning choice.json's blocks, by the product's shape."""
     if not hasattr(skinny, "_shipped_tiles_config"):
         skinny._shipped_tiles_config = skinny.tiles_config
     shipped = skinny._shipped_tiles_config
     if choice is None:
         skinny.tiles_config = shipped
+        return
+    if choice == "unsplit":
+        def unsplit(n, k, gated=False, dtype=torch.bfloat16):
+            config = shipped(n, k, gated, dtype)
+            return config if config[4] == 1 else (16, 16, min(skinny.pad(k), 2048), 4, 1)
+        skinny.tiles_config = unsplit
         return
     hidden, heads, kv_heads, hd, inter, _ = g.MODELS["smollm2-135m"]
     by_shape = {"qkv+norm+bias": ((heads + 2 * kv_heads) * hd, hidden, False), "o": (hidden, heads * hd, False),
@@ -138,11 +147,14 @@ def _use(choice: dict | None) -> None:
 
 
 def step(out: Path) -> None:
-    choice = json.loads((out / "choice.json").read_text())
+    variants = [("fast", "fast", None), ("batch_invariant, tiles as shipped", "batch_invariant", None),
+                ("batch_invariant, all of K in one program", "batch_invariant", "unsplit")]
+    if (out / "choice.json").exists():
+        variants.append(("batch_invariant, tiles of choice.json", "batch_invariant",
+                         json.loads((out / "choice.json").read_text())))
     length = 200
     chain = [-1] + list(range(15))
-    for variant, numerics, tiles in (("fast", "fast", None), ("batch_invariant, tiles as shipped", "batch_invariant", None),
-                                     ("batch_invariant, chosen split tiles", "batch_invariant", choice)):
+    for variant, numerics, tiles in variants:
         _use(tiles)
         model = g.default_shaped_model(numerics)
         t0 = time.perf_counter()

@@ -23,7 +23,8 @@ so batch_invariant numerics use the tiles below instead.
 
 `invariant_linear` is the same fusion (without the residual add) for numerics "batch_invariant",
 at any row count: tiles of 16 rows by 16 or 32 outputs on the tensor cores (tl.dot), K in one step
-or a few, and tiles that depend on the weight's shape only, never on the row count. A row is then reduced in one order
+or a few (a long K split among programs whose partial sums one program adds in a fixed order), and
+tiles that depend on the weight's shape only, never on the row count. A row is then reduced in one order
 whatever call it sits in, as matmul.py's tiles are, with the norm and the epilogue in the same
 kernel instead of three more. (For fast numerics over several rows these tiles lost to cuBLAS:
 docs/results/gpu_skinny_tiles_h200/.)
@@ -183,8 +184,15 @@ def tiles_config(n: int, k: int, gated: bool = False, dtype: torch.dtype = torch
     (docs/results/gpu_skinny_tiles_h200/skinny.csv): all of K in one step, 16 outputs a program;
     for the gated product, 32 outputs and K 256 at a time (6.6-6.9 against 10.4-10.6 us). float32
     tiles take 512 of K at a time: all of the down product's K (1,536, padded to 2,048) needed 256 KB
-    of shared memory, past the H200's 227 KB (`gpu_check invariant`, session 30). `split` programs
-    share a tile's K (1: none)."""
+    of shared memory, past the H200's 227 KB (`gpu_check invariant`, session 30).
+
+    `split` programs share a tile's K. Over a long K (the down product's 1,536) each 256 columns
+    get a program of their own: on an H100 that took 4.9 / 5.0 / 5.1 / 6.9 us at 1 / 4 / 16 / 64
+    rows against 5.6 / 5.6 / 5.7 / 9.3 us for all of K in one program. Over K = 576 (the other
+    products) no split was faster at every row count (session 36, `experiments/gpu_split_tiles.py`,
+    docs/results/gpu_split_tiles_h100/)."""
+    if k > 1024 and not gated and dtype != torch.float32:
+        return 16, 16, 256, 4, triton.cdiv(k, 256)
     k_step = 256 if gated else 512 if dtype == torch.float32 else 2048
     return 16, 32 if gated else 16, min(pad(k), k_step), 4, 1
 
