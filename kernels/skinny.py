@@ -198,18 +198,22 @@ def tiles_config(n: int, k: int, gated: bool = False, dtype: torch.dtype = torch
 
 
 _TICKETS: dict[torch.device, torch.Tensor] = {}
+_OUTGROWN: list[torch.Tensor] = []     # kept alive: graphs captured with them still use them
 
 
 def tickets(device: torch.device, count: int) -> torch.Tensor:
     """The split tiles' ticket counters on `device`: zeroed once, and every kernel leaves them at
     zero, so one buffer serves every call. Made on the first call, which must not be inside a CUDA
     graph capture (the graph would own the memory); `cuda_graph.capture` and gpu_check warm up
-    first. Grows (outside a capture) when a call has more tiles."""
+    first. A call with more tiles gets a larger buffer (outside a capture); the smaller one is
+    kept, as graphs captured earlier hold its address."""
     have = _TICKETS.get(device)
     if have is None or have.numel() < count:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("invariant_linear: the first split-K call on a device ran inside a CUDA graph "
-                               "capture; call it once before capturing")
+            raise RuntimeError("invariant_linear: a split-K call needs more ticket counters than exist on "
+                               f"{device} inside a CUDA graph capture; make such a call once before capturing")
+        if have is not None:
+            _OUTGROWN.append(have)
         have = _TICKETS[device] = torch.zeros(max(count, 4096), dtype=torch.int32, device=device)
     return have
 
