@@ -398,7 +398,7 @@ class Transformer(nn.Module):
             raise ValueError(f"mask must be [{n}, {n}], got {list(mask.shape)}")
         start = cache.length if start is None else start
         slots = start + torch.arange(n, device=tokens.device)
-        attend = numerics.Attention(self.numerics, start, mask, positions)
+        attend = numerics.Attention(self.numerics, start, mask, positions, self.dtype)
         cos, sin = self.rope(positions)
         x = self.embed(tokens) if start_layer == 0 else hidden
         stop = self.args.num_layers if stop_layer is None else stop_layer

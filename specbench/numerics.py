@@ -55,10 +55,19 @@ def check_numerics(mode: str) -> str:
     return mode
 
 
-def uses_kernels(t: torch.Tensor) -> bool:
-    """Whether work on `t` runs the Triton kernels: on CUDA (tests redirect CPU tensors here to run
+def on_kernel_device(t: torch.Tensor) -> bool:
+    """Whether `t` lives where the Triton kernels run: CUDA (tests redirect CPU tensors here to run
     them under TRITON_INTERPRET=1)."""
     return t.is_cuda
+
+
+def uses_kernels(t: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
+    """Whether work on `t`, in `dtype` (default: t's), runs the Triton kernels: on their device, in
+    a dtype they take (a float64 model stays on the PyTorch paths on CUDA too)."""
+    if not on_kernel_device(t):
+        return False
+    from specbench_kernels._common import DTYPES
+    return (dtype or t.dtype) in DTYPES
 
 
 def _ops():
@@ -110,11 +119,10 @@ def fused_linear(x: torch.Tensor, layer: Linear, mode: str, norm: nn.Module | No
 def _skinny_fits(x: torch.Tensor, layer: Linear, mode: str) -> bool:
     """Whether the product runs a fused kernel: a small weight without autograd, and in fast
     numerics a row count `skinny.handles` takes (batch_invariant: any, the tiles never depend on it)."""
-    from specbench_kernels._common import DTYPES
     from specbench_kernels.skinny import handles, small
     grad = torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)
     sized = handles(x.shape[0], *layer.weight.shape) if mode == "fast" else small(*layer.weight.shape)
-    return sized and x.dtype in DTYPES and not grad
+    return sized and not grad
 
 
 def rms_norm(x: torch.Tensor, norm: nn.Module, mode: str) -> torch.Tensor:
@@ -196,10 +204,11 @@ class Attention:
     """
 
     def __init__(self, mode: str, start: int | torch.Tensor, mask: torch.Tensor | None,
-                 positions: torch.Tensor):
+                 positions: torch.Tensor, dtype: torch.dtype = torch.float32):
         self.mode, self.mask, self.positions = mode, mask, positions
         n, device = positions.shape[0], positions.device
-        if uses_kernels(positions):
+        self.kernels = uses_kernels(positions, dtype)      # dtype: the queries' (the model's)
+        if self.kernels:
             self.start = start.reshape(1) if isinstance(start, torch.Tensor) else \
                 torch.tensor([start], dtype=torch.long, device=device)
             if mode == "batch_invariant":
@@ -225,7 +234,7 @@ class Attention:
 
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         """q [n, heads, d] -> [n, heads, d]; k_cache, v_cache [kv_heads, slots, d] (one layer)."""
-        if uses_kernels(q):
+        if self.kernels:
             if self.mode == "fast":
                 return _ops().tree_attention(q, k_cache, v_cache, self.start, self.mask)
             return _ops().invariant_attention(q, k_cache, v_cache, self.start, self.table, self.positions)

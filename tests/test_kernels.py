@@ -385,7 +385,7 @@ def test_custom_ops_schemas_and_fake_tensors():
 @pytest.fixture
 def kernels_on_cpu(monkeypatch):
     """Run the model's reductions through the Triton kernels (interpreted) on CPU tensors."""
-    monkeypatch.setattr(numerics, "uses_kernels", lambda t: True)
+    monkeypatch.setattr(numerics, "on_kernel_device", lambda t: True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -407,10 +407,35 @@ def test_model_on_kernels_matches_float64(kernels_on_cpu, monkeypatch, dtype, mo
         return torch.cat([first, m(tree_tokens, 11 + depth, cache, mask).logits])
 
     on_kernels = run(model)
-    monkeypatch.setattr(numerics, "uses_kernels", lambda t: False)
+    monkeypatch.setattr(numerics, "on_kernel_device", lambda t: False)
     exact = run(exact_model)
     assert rel_err(on_kernels, exact) < {torch.float32: 1e-5, torch.bfloat16: 4e-2}[dtype]
     assert rel_err(run(model), exact) < {torch.float32: 1e-5, torch.bfloat16: 4e-2}[dtype]
+
+
+@pytest.mark.parametrize("mode", numerics.MODES)
+def test_float64_model_on_the_kernels_device_stays_on_pytorch(kernels_on_cpu, monkeypatch, mode):
+    """The kernels take float32 / bfloat16 / float16 only: a float64 model where they run (CUDA;
+    here the redirected CPU) keeps every op on PyTorch, its attention included, and computes
+    exactly what it computes elsewhere. (Attention once asked only where the tensors lived, so
+    the GPU tests' float64 models reached `tree_attention` and were refused, as the negative
+    control shows.)"""
+    model = specbench.random_model(vocab_size=64, num_layers=2, hidden_size=32, seed=3, dtype="float64", numerics=mode)
+    parents, mask, depth = random_tree(5, seed=4)
+
+    def run():
+        cache = model.new_cache(32)
+        first = model(torch.arange(9) % 64, torch.arange(9), cache).logits
+        cache.length = 9
+        return torch.cat([first, model(torch.arange(20, 25), 9 + depth, cache, mask).logits])
+
+    on_device = run()
+    monkeypatch.setattr(numerics, "on_kernel_device", lambda t: False)
+    assert torch.equal(on_device, run())
+    # negative control: the old rule (where the tensors live, whatever their dtype) is refused
+    monkeypatch.setattr(numerics, "uses_kernels", lambda t, dtype=None: True)
+    with pytest.raises(TypeError, match="Triton kernels take"):
+        run()
 
 
 def test_model_on_kernels_lookahead_equals_vanilla_bitwise(kernels_on_cpu):
