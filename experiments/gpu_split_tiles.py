@@ -35,14 +35,10 @@ from specbench_kernels import skinny
 
 ROWS = (1, 4, 16, 64)
 # (BLOCK_K, split asked), 4 warps, 16 outputs a program (also 32 for the gated product); the kernel
-# takes whole K blocks per program, so the split it runs is cdiv(K, k_span) (sweep.csv's `split_run`)
+# takes whole K blocks per program, so the split it runs is `skinny.split_span`'s (sweep.csv's `split_run`)
 SWEEP = [(bk, s) for bk in (64, 128, 256) for s in (2, 4, 8, 16)]
 
 SWEEP_FIELDS = ["what", "config", "rows", "ok", "split_run", "rel_err", "equal_alone", "equal_again", "us", "error"]
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _products():
@@ -94,10 +90,10 @@ def sweep(out: Path) -> None:
                 again = torch.equal(skinny.invariant_linear(xr, w, block=block, **kwargs), got)
                 err = g.rel_err(got, ref)
                 us = g._cold_graph_microseconds(lambda wc: skinny.invariant_linear(xr, wc, block=block, **kwargs), w)
-                k_span = _cdiv(_cdiv(k, block[4]), block[2]) * block[2]
                 ok = err < g.TOL[torch.bfloat16] and alone and again
                 _append(out / "sweep.csv", {"what": what, "config": name, "rows": rows, "ok": ok,
-                                            "split_run": _cdiv(k, k_span), "rel_err": err, "equal_alone": alone,
+                                            "split_run": skinny.split_span(k, block[2], block[4])[1],
+                                            "rel_err": err, "equal_alone": alone,
                                             "equal_again": again, "us": round(us, 2)}, SWEEP_FIELDS)
                 if not ok:
                     break

@@ -197,6 +197,13 @@ def tiles_config(n: int, k: int, gated: bool = False, dtype: torch.dtype = torch
     return 16, 32 if gated else 16, min(pad(k), k_step), 4, 1
 
 
+def split_span(k: int, block_k: int, split: int) -> tuple[int, int]:
+    """(K columns a program takes, programs a tile runs) for `split` programs asked: each takes a
+    whole number of K blocks, and none is left empty (so fewer may run than were asked)."""
+    k_span = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
+    return k_span, triton.cdiv(k, k_span)
+
+
 _TICKETS: dict[torch.device, torch.Tensor] = {}
 _OUTGROWN: list[torch.Tensor] = []     # kept alive: graphs captured with them still use them
 
@@ -251,14 +258,13 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     block_m, block_n, block_k, warps, split = block or tiles_config(N, K, gated, x.dtype)
-    # each of `split` programs takes a whole number of K blocks; none is left empty
-    k_span = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
-    split = triton.cdiv(K, k_span)
+    k_span, split = split_span(K, block_k, split)
     grid = (triton.cdiv(N, block_n), triton.cdiv(M, block_m), split)
-    parts = x.new_empty(split * (2 if gated else 1) * M * N if split > 1 else 1, dtype=torch.float32)
+    # unsplit, the kernel reads neither the partial sums nor the tickets: x stands in, as for a missing bias
+    parts = x.new_empty(split * (2 if gated else 1) * M * N, dtype=torch.float32) if split > 1 else x
     _tiles_kernel[grid](
         x, weight, x if bias is None else bias, x if norm_weight is None else norm_weight, out, parts,
-        tickets(x.device, grid[0] * grid[1]) if split > 1 else parts, M, N, K, k_span,
+        tickets(x.device, grid[0] * grid[1]) if split > 1 else x, M, N, K, k_span,
         weight.stride(0), eps, NORM=norm_weight is not None, GATED=gated, HAS_BIAS=bias is not None,
         EMULATE=emulate_dots(), BM=block_m, BN=block_n, BK=block_k, SPLIT=split, num_warps=warps,
         num_stages=1 if block_k >= k_span else 2)

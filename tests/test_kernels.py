@@ -128,12 +128,11 @@ def test_invariant_linear_matches_reference_and_is_batch_invariant(dtype, fusion
 def test_split_tickets_grow_and_keep_the_buffer_a_graph_may_hold():
     """A call with more split tiles than counters gets a larger zeroed buffer; the smaller one
     stays alive (a CUDA graph captured with it keeps its address)."""
-    import specbench_kernels.skinny as sk
     device = torch.device("cpu")
     small = tickets(device, 1)
     big = tickets(device, small.numel() + 1)
     assert big.numel() > small.numel() and not big.any()
-    assert any(t is small for t in sk._OUTGROWN) and tickets(device, 1) is big
+    assert any(t is small for t in skinny._OUTGROWN) and tickets(device, 1) is big
 
 
 def test_skinny_linear_reference_catches_a_missing_fusion():
