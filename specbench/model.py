@@ -8,6 +8,7 @@ layer (`start_layer` + `hidden`). Its reductions run in the model's numerics mod
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -132,6 +133,18 @@ def cpu_bfloat16_native() -> bool:
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+@functools.cache
+def pad_two_rows() -> bool:
+    """Whether a packed float32 product over exactly 2 rows runs as one over 3 (a zero row added).
+
+    On session 30's CPU (its instruction set was not recorded) the default model's forward over 2
+    tokens took 41.2 ms as given and 36.2 ms padded (3 tokens: 35.3; docs/results/cpu_two_rows/).
+    On session 37's AVX2-only EPYC padding lost: 44.6 ms as given against 47.8 padded (3 tokens:
+    46.8-47.2; docs/results/cpu_two_rows_avx2/). Both from `python experiments/cpu_two_rows.py`. So
+    CPUs whose best kernels are AVX2 (or older) multiply the 2 rows as given; the rest pad."""
+    return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
+
+
 class Linear(nn.Linear):
     """nn.Linear that on CPU multiplies by a copy of its weight packed in oneDNN's blocked layout.
 
@@ -158,10 +171,7 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self.__dict__.get("_packed")
         if packed is not None and not torch.is_grad_enabled() and packed[1] == self._key():
-            if x.dim() == 2 and x.shape[0] == 2 and x.dtype == torch.float32:
-                # oneDNN's float32 product over exactly 2 rows is slow: the default model's forward
-                # over 2 tokens took 41.2 ms, and 36.2 ms with 2 rows padded to 3 (3 tokens: 35.3;
-                # experiments/cpu_two_rows.py, docs/results/cpu_two_rows/)
+            if x.dim() == 2 and x.shape[0] == 2 and x.dtype == torch.float32 and pad_two_rows():
                 x = torch.cat([x, x.new_zeros(1, x.shape[1])])
                 return torch.ops.mkldnn._linear_pointwise(x, packed[0], self.bias, "none", [], "")[:2]
             return torch.ops.mkldnn._linear_pointwise(x, packed[0], self.bias, "none", [], "")

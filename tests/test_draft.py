@@ -310,3 +310,14 @@ def test_default_draft_vocab_applies_only_to_drafts_with_counts(tiny, distilled,
     assert torch.equal(make_proposer("sps", tiny, draft=distilled).vocab, frequent_tokens(counts, 6))
     assert make_proposer("sps", tiny, draft="target:1").vocab is None
     assert make_proposer("sps", tiny, draft=distilled, draft_vocab=16).vocab is None     # the whole one
+
+
+@pytest.mark.parametrize("pad, expected", [(True, 2), (False, 1)])
+def test_default_num_draft_follows_the_two_row_product(tiny, monkeypatch, pad, expected):
+    """sps drafts 2 tokens a step on a CPU whose 2-row products run padded to 3 (3 rows verify for
+    the price of 2), else 1; CUDA drafts 5."""
+    from specbench.strategies import sps
+    monkeypatch.setattr(sps, "pad_two_rows", lambda: pad)
+    assert make_proposer("sps", tiny, draft="target:1").num_draft == expected
+    assert make_proposer("sps", tiny, draft="target:1", num_draft=3).num_draft == 3
+    assert sps.default_num_draft(torch.device("cuda")) == 5

@@ -205,14 +205,22 @@ def test_bfloat16_linear_is_not_packed_on_a_cpu_without_native_bfloat16(monkeypa
         assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight))
 
 
-def test_packed_linear_computes_two_rows_as_three():
-    """A float32 product over exactly 2 rows runs as one over 3 (a zero row added; oneDNN is slow
-    at 2): the rows equal those of the 3-row call bit for bit and F.linear's within rounding."""
+@pytest.mark.parametrize("pad", [True, False])
+def test_packed_linear_over_two_rows(monkeypatch, pad):
+    """A float32 product over exactly 2 rows runs as one over 3 where `pad_two_rows` says so (a
+    zero row added: its rows equal those of the 3-row call bit for bit), else as given; both equal
+    F.linear within rounding."""
+    monkeypatch.setattr(core, "pad_two_rows", lambda: pad)
     model = specbench.random_model(vocab_size=16, num_layers=1, hidden_size=32)
     lin = model.layers[0].w13
     x = torch.randn(2, 32)
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda x, *a: calls.append(x.shape[0]) or real(x, *a))
     with torch.inference_mode():
         two = lin(x)
+        assert calls == [3 if pad else 2]
         assert two.shape == (2, lin.out_features)
-        assert torch.equal(two, lin(torch.cat([x, torch.zeros(1, 32)]))[:2])
+        if pad:
+            assert torch.equal(two, lin(torch.cat([x, torch.zeros(1, 32)]))[:2])
         torch.testing.assert_close(two, torch.nn.functional.linear(x, lin.weight), rtol=1e-5, atol=1e-5)
