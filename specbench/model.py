@@ -145,6 +145,15 @@ def pad_two_rows() -> bool:
     return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
 
 
+def device_kind(device: torch.device) -> str:
+    """The key of the strategies' measured defaults: "cpu", "cpu-avx2" for a CPU whose 2-row
+    products run as given (`pad_two_rows`: there a forward over 2-3 tokens costs 1.09-1.14x a step
+    and smaller drafts win, docs/results/cpu_avx2_trees_24q/), and "cuda" for any other device."""
+    if device.type != "cpu":
+        return "cuda"
+    return "cpu" if pad_two_rows() else "cpu-avx2"
+
+
 class Linear(nn.Linear):
     """nn.Linear that on CPU multiplies by a copy of its weight packed in oneDNN's blocked layout.
 

@@ -11,6 +11,7 @@ import specbench
 from sampled_data import own_samples
 from specbench.drafters.base import frequent_tokens
 from specbench.drafters.eagle import EagleDraft
+from specbench.model import device_kind
 from specbench.strategies import eagle as eagle_strategy
 from specbench.train import TrainConfig, train_drafter
 
@@ -102,7 +103,8 @@ def test_default_draft_vocab_applies_only_where_it_can(target, trained, monkeypa
     tokens; a drafter without counts, or a tree that drafts more choices per node than the default
     holds, drafts over the whole vocabulary instead of failing; EAGLE-3 keeps its own head."""
     from specbench.strategies import eagle
-    monkeypatch.setitem(eagle.DEFAULTS, "cpu", {**eagle.DEFAULTS["cpu"], "draft_vocab": 6})
+    kind = device_kind(target.device)
+    monkeypatch.setitem(eagle.DEFAULTS, kind, {**eagle.DEFAULTS[kind], "draft_vocab": 6})
     def size(proposer):
         return None if proposer.vocab_ids is None else len(proposer.vocab_ids)
     assert size(eagle.Eagle(target, drafter=trained)) == 6

@@ -8,6 +8,7 @@ import torch
 
 import specbench
 from specbench.drafters.medusa import check_tree, expected_accepted, medusa_tree
+from specbench.model import device_kind
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +198,8 @@ def test_default_draft_vocab_applies_only_where_it_can(monkeypatch):
     heads without counts (random, official) draft over the whole vocabulary without complaint."""
     from specbench.drafters.base import frequent_tokens
     from specbench.strategies import medusa
-    monkeypatch.setitem(medusa.DEFAULT_DRAFT_VOCAB, "cpu", 6)
     target = specbench.random_model(vocab_size=16, num_layers=3, hidden_size=32, seed=11, dtype="float64")
+    monkeypatch.setitem(medusa.DEFAULT_DRAFT_VOCAB, device_kind(target.device), 6)
     counted = specbench.random_drafter(target, "medusa", seed=0)
     counted.init_from_data(torch.arange(16) % 7)
     uncounted = specbench.random_drafter(target, "medusa", seed=0)

@@ -1,5 +1,6 @@
 """Invalid strategy options get one clear SpecbenchError (and exit 2 from the CLI's generate)."""
 import pytest
+import torch
 
 import specbench
 from specbench.options import method_options, parse_options
@@ -72,3 +73,22 @@ def test_path_options_must_exist(tmp_path):
     with pytest.raises(specbench.SpecbenchError, match=r"option drafter of method 'medusa': path not found"):
         parse_options("medusa", {"drafter": str(tmp_path / "nope")})
     assert parse_options("medusa", {"drafter": str(tmp_path)}) == {"drafter": tmp_path}
+
+
+@pytest.mark.parametrize("pad, kind", [(True, "cpu"), (False, "cpu-avx2")])
+def test_cpu_defaults_follow_the_two_row_product(model, monkeypatch, pad, kind):
+    """A CPU that pads 2-row products to 3 gets the "cpu" defaults; one that runs them as given
+    (AVX2) gets the smaller drafts measured there; a device other than the CPU gets CUDA's."""
+    from specbench import model as core
+    from specbench.strategies import eagle, medusa, sps
+    from specbench.strategies import make_proposer
+    monkeypatch.setattr(core, "pad_two_rows", lambda: pad)
+    assert core.device_kind(model.device) == kind
+    assert core.device_kind(torch.device("cuda")) == "cuda"
+    draft = specbench.random_model(vocab_size=16, num_layers=1, seed=1)
+    assert make_proposer("sps", model, draft=draft).num_draft == sps.DEFAULT_NUM_DRAFT[kind]
+    heads = specbench.random_drafter(model, "medusa", seed=0)
+    assert len(make_proposer("medusa", model, drafter=heads).paths) == medusa.DEFAULT_TREE_SIZE[kind]
+    for method, table in (("eagle", eagle.DEFAULTS), ("eagle3", eagle.EAGLE3_DEFAULTS)):
+        plan = make_proposer(method, model, drafter=specbench.random_drafter(model, method, seed=0)).plan
+        assert (plan.depth, plan.size) == (table[kind]["depth"], table[kind]["total_tokens"]), method

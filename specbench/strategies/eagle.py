@@ -45,7 +45,7 @@ from ..drafters.eagle3 import Eagle3Draft
 from ..drafters.medusa import check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
-from ..model import Transformer, fixed_linear, send
+from ..model import Transformer, device_kind, fixed_linear, send
 from ..options import PositiveInt
 from ..tree import DraftTree, depths, top_k_rows
 
@@ -64,8 +64,14 @@ from ..tree import DraftTree, depths, top_k_rows
 # session 30: the CPU's forward over 6 rows costs what one over 1 does, over 7 or more about 15%
 # more (oneDNN), and experiments/cpu_small_trees.yaml measured 1.47x against 1.27x for 10 tokens
 # (docs/results/cpu_small_trees/).
+# On an AVX2 CPU (`model.device_kind`: a forward over 2-4 rows costs 1.1-1.25x a step, over 6
+# rows 1.3x) smaller trees won on 24 questions (experiments/cpu_avx2_trees_24q.yaml,
+# docs/results/cpu_avx2_trees_24q/paired.txt, paired 95% intervals): EAGLE at depth 2 with 3 tokens
+# 1.025x (1.003-1.047x) as fast as the CPU default, EAGLE-3 with 1 token 1.037x (1.010-1.063x).
 DEFAULTS = {"cpu": {"depth": 3, "draft_top_k": 4, "total_tokens": 5, "draft_vocab": 4096},
+            "cpu-avx2": {"depth": 2, "draft_top_k": 4, "total_tokens": 3, "draft_vocab": 4096},
             "cuda": {"depth": 3, "draft_top_k": 10, "total_tokens": 60, "draft_vocab": 4096}}
+EAGLE3_DEFAULTS = {**DEFAULTS, "cpu-avx2": {"depth": 1, "draft_top_k": 4, "total_tokens": 1, "draft_vocab": 4096}}
 MAX_NODES = BUCKETS[-1] - 1     # the root and the tree must fit the largest target forward
 
 
@@ -299,6 +305,7 @@ class Eagle(Proposer):
     draft_dtype: None: bfloat16 for a float32 target on a CPU with native bfloat16, else the target's
     """
     kind = "eagle"
+    defaults = DEFAULTS              # measured settings by `model.device_kind`
     own_vocabulary = False           # EAGLE-3's head scores its own vocabulary: no draft_vocab there
 
     def __init__(self, model: Transformer, drafter: Path | Drafter | None = None, tree: str | list = "dynamic", depth: int | None = None,
@@ -320,7 +327,7 @@ class Eagle(Proposer):
         if not isinstance(tree, str) and given:
             raise SpecbenchError(f"an explicit tree fixes its own shape: drop {', '.join(given)}")
         vocab = model.args.vocab_size
-        defaults = DEFAULTS.get(model.device.type, DEFAULTS["cuda"])
+        defaults = self.defaults[device_kind(model.device)]
         settings = {**defaults, **given}
         if settings["draft_top_k"] > vocab:
             raise SpecbenchError(f"draft_top_k must be at most the vocabulary size {vocab}, "
@@ -399,6 +406,7 @@ class Eagle3(Eagle):
     draft_dtype: None: bfloat16 for a float32 target on a CPU with native bfloat16, else the target's
     """
     kind = "eagle3"
+    defaults = EAGLE3_DEFAULTS
     own_vocabulary = True
 
     def __init__(self, model: Transformer, drafter: Path | Drafter | None = None, tree: str | list = "dynamic", depth: int | None = None,

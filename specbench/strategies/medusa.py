@@ -29,22 +29,25 @@ from ..drafters.base import DraftDtype, draft_vocabulary, dtype_name, run_dtype
 from ..drafters.medusa import MedusaHeads, check_tree, medusa_tree, tree_arrays
 from ..engine import DecodeContext, Proposer
 from ..errors import SpecbenchError
-from ..model import Transformer, fixed_linear
+from ..model import Transformer, device_kind, fixed_linear
 from ..options import PositiveInt
 from ..tree import DraftTree, ancestor_mask, top_k_rows
 
 # default tree sizes, chosen by measurement (README, "Medusa"): on the CPU the root and 5 nodes cost
 # what one token does and 7 rows about 15% more (oneDNN; 1.34x against 1.17x for 10 nodes,
 # experiments/cpu_small_trees.yaml, docs/results/cpu_small_trees/); on CUDA the root and 14 nodes
-# fill the 16-row graph bucket, and 17 rows jump to the 64-row one
-DEFAULT_TREE_SIZE = {"cpu": 5, "cuda": 14}
+# fill the 16-row graph bucket, and 17 rows jump to the 64-row one. On an AVX2 CPU (`model.device_kind`)
+# a forward over 3 rows costs 1.14x a step against 1.32x over 6: 2 nodes ran 1.051x as fast as 5 on
+# 24 questions (paired 95% interval 1.028-1.074x; experiments/cpu_avx2_trees_24q.yaml,
+# docs/results/cpu_avx2_trees_24q/)
+DEFAULT_TREE_SIZE = {"cpu": 5, "cpu-avx2": 2, "cuda": 14}
 # default draft vocabulary by device: on the CPU 4,096 tokens cut the heads' step from 5.1 to 1.4 ms
 # with 1.55 against 1.56 tokens per step (1.15x against 1.08x vanilla; 2,048 tokens measured alike:
 # 1.2 ms, 1.54 tokens, 1.19x within the run's noise; experiments/cpu_medusa_vocab.yaml,
 # docs/results/cpu_medusa_vocab/). On CUDA the heads' step is one captured graph, not measured with
 # a draft vocabulary: the whole one. The default applies to heads that counted their training
 # tokens; others score the whole vocabulary.
-DEFAULT_DRAFT_VOCAB = {"cpu": 4096, "cuda": None}
+DEFAULT_DRAFT_VOCAB = {"cpu": 4096, "cpu-avx2": 4096, "cuda": None}
 
 
 class DraftVocab:
@@ -116,7 +119,7 @@ class Medusa(Proposer):
         self.drafter = resolve_drafter(drafter, model, "medusa").cast(run_dtype(model, draft_dtype))
         heads = self.drafter.num_heads
         if tree is None:
-            tree = DEFAULT_TREE_SIZE.get(model.device.type, DEFAULT_TREE_SIZE["cuda"])
+            tree = DEFAULT_TREE_SIZE[device_kind(model.device)]
         self.paths = medusa_tree(self.drafter.rank_accuracy, tree) if isinstance(tree, int) \
             else check_tree(tree, heads, model.args.vocab_size)
         self.parents, head, rank = tree_arrays(self.paths)      # parents stay on the CPU (DraftTree)
@@ -125,7 +128,7 @@ class Medusa(Proposer):
         # mask and positions there instead of on the host while the device waits
         self.ancestors = ancestor_mask(self.parents)[1:, 1:].to(model.device)
         self.topk = int(rank.max()) + 1
-        ids = draft_vocabulary(draft_vocab, self.drafter.token_counts, DEFAULT_DRAFT_VOCAB.get(model.device.type),
+        ids = draft_vocabulary(draft_vocab, self.drafter.token_counts, DEFAULT_DRAFT_VOCAB[device_kind(model.device)],
                                model.args.vocab_size, self.topk, "medusa")
         self.vocab = None if ids is None else DraftVocab(self.drafter, model, ids)
         self.max_nodes = len(self.paths)

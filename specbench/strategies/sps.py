@@ -20,31 +20,27 @@ from ..drafters.base import DraftDtype, draft_vocabulary, dtype_name, run_dtype
 from ..drafters.draft import DraftLayers, DraftRef, draft_in, resolve_draft
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
-from ..model import Transformer, fixed_linear, pad_two_rows, send
+from ..model import Transformer, device_kind, fixed_linear, send
 from ..options import PositiveInt
 from ..sampling import draw, process_logits
 from ..tree import DraftTree
 
 GRAPHED_TOKENS = BUCKETS[1]   # the draft's decoding forwards (1 or 2 new tokens); prefill runs eager
 
-
-def default_num_draft(device: torch.device) -> int:
-    """Draft tokens per step when none are asked. On the CPU the verification forward's cost over 2
-    and 3 rows decides it: where a 2-row product runs padded to 3 (`model.pad_two_rows`), 2 was the
-    fastest of 1..5 (0.68x vanilla against 0.45x at 5, experiments/cpu_draft.yaml; 1.05x against
-    0.98x at 1 with the 4,096-token draft vocabulary, experiments/cpu_sps_num_draft.yaml); where
-    2 rows run as given (an AVX2 CPU), 1: 1.01x against 0.91x at 2 on session 37's EPYC
-    (experiments/cpu_avx2_trees.yaml, docs/results/cpu_avx2_trees/). CUDA: the common setting, 5."""
-    if device.type != "cpu":
-        return 5
-    return 2 if pad_two_rows() else 1
+# draft tokens per step by device kind (`model.device_kind`): on a CPU that pads 2-row products to 3,
+# 2 was the fastest of 2..5 with the shipped draft (0.68x vanilla against 0.45x at 5;
+# experiments/cpu_draft.yaml, docs/results/cpu_draft/), and of 1..3 with the 4,096-token draft
+# vocabulary (1.05x against 0.98x; experiments/cpu_sps_num_draft.yaml); on an AVX2 CPU, where 2
+# rows cost about what 1 does, 1: 1.01x against 0.91x for 2 on session 37's EPYC
+# (experiments/cpu_avx2_trees.yaml, docs/results/cpu_avx2_trees/); the CUDA value is the common setting
+DEFAULT_NUM_DRAFT = {"cpu": 2, "cpu-avx2": 1, "cuda": 5}
 
 
 # draft vocabulary by device: on the CPU 4,096 tokens, the head's rows packed, cut the shipped
 # draft's step from 17.2 to 9.9 ms with the same 1.35 tokens per step (1.06x against 0.90x vanilla;
 # 16,384: 1.01x; experiments/cpu_sps_vocab.yaml, docs/results/cpu_sps_vocab/); CUDA, not measured:
 # the whole vocabulary. The default applies to drafts that counted their training tokens.
-DEFAULT_DRAFT_VOCAB = {"cpu": 4096, "cuda": None}
+DEFAULT_DRAFT_VOCAB = {"cpu": 4096, "cpu-avx2": 4096, "cuda": None}
 
 
 class DraftModel(Proposer):
@@ -52,7 +48,7 @@ class DraftModel(Proposer):
 
     Options:
     draft: None: the draft shipped for the default model
-    num_draft: None: by device (CPU 1, or 2 where 2-row products run padded; CUDA 5)
+    num_draft: None: by device (CPU 2, AVX2 CPU 1, CUDA 5)
     draft_vocab: None: by device (CPU 4096 where the draft counted its training tokens, else the whole vocabulary)
     draft_dtype: None: bfloat16 for a float32 target on a CPU with native bfloat16, else the target's
     """
@@ -69,11 +65,11 @@ class DraftModel(Proposer):
         if draft.device != model.device:
             raise SpecbenchError(f"the draft is on {draft.device} and the target on {model.device}: load both on one device")
         if num_draft is None:
-            num_draft = default_num_draft(model.device)
+            num_draft = DEFAULT_NUM_DRAFT[device_kind(model.device)]
         self.draft, self.num_draft = draft_in(draft, dtype), num_draft
         self.max_nodes = num_draft
         ids = draft_vocabulary(draft_vocab, getattr(draft, "token_counts", None),
-                               DEFAULT_DRAFT_VOCAB.get(model.device.type), vocab, 1, "draft")
+                               DEFAULT_DRAFT_VOCAB[device_kind(model.device)], vocab, 1, "draft")
         # the head scores the draft vocabulary's tokens: those rows of the LM head
         self.vocab = None if ids is None else ids.to(draft.device)
         self.head = None if ids is None else fixed_linear(self.draft.lm_head.weight.detach()[self.vocab])
