@@ -214,6 +214,13 @@ class Attention:
             if mode == "batch_invariant":
                 self.table = key_table(self.start, mask, positions)
             return
+        if isinstance(start, torch.Tensor) and mode == "fast":
+            # a CUDA graph without the kernels (a float64 model): the committed length stays on the
+            # device, so the mask spans the whole cache and is built there (`_device_mask`)
+            self.start, self.causal, self._grouped_full = start.reshape(()), False, None
+            self.local = mask if mask is not None else torch.ones(n, n, dtype=torch.bool, device=device).tril()
+            self.full = None
+            return
         self.start = int(start)
         if mode == "fast":
             self.causal = mask is None and n > 1 and self.start == 0     # prefill: no mask to read
@@ -239,10 +246,23 @@ class Attention:
                 return _ops().tree_attention(q, k_cache, v_cache, self.start, self.mask)
             return _ops().invariant_attention(q, k_cache, v_cache, self.start, self.table, self.positions)
         if self.mode == "fast":
-            span = self.start + q.shape[0]
+            if isinstance(self.start, torch.Tensor):
+                if self.full is None:
+                    self.full = self._device_mask(k_cache.shape[1])
+                span = k_cache.shape[1]
+            else:
+                span = self.start + q.shape[0]
             return sdpa(q, k_cache[:, :span], v_cache[:, :span], self._grouped(q.shape[1] // k_cache.shape[0]),
                         self.causal)
         return self._rows(q, k_cache, v_cache)
+
+    def _device_mask(self, slots: int) -> torch.Tensor:
+        """[n, slots]: every slot below the device-held start, and the new tokens' own slots through
+        their mask; computed without reading start on the host."""
+        n = self.local.shape[0]
+        rel = torch.arange(slots, device=self.local.device) - self.start
+        inside = (rel >= 0) & (rel < n)
+        return (rel < 0)[None, :] | (inside[None, :] & self.local[:, rel.clamp(0, n - 1)])
 
     def _grouped(self, group: int) -> torch.Tensor | None:
         """The mask as `sdpa` reads it, made once per forward instead of once per layer (the default

@@ -253,3 +253,38 @@ def test_llama_biases_the_core_lacks_are_refused(extra):
     cfg = LlamaConfig(**BASE, num_key_value_heads=2, **extra)
     with pytest.raises(specbench.SpecbenchError, match="bias"):
         specbench.from_hf(LlamaForCausalLM(cfg))
+
+
+class HostReadForbidden(torch.Tensor):
+    """A tensor whose value may not reach the host: what a CUDA graph's capture forbids."""
+
+    def _refuse(self, *args):
+        raise AssertionError("the committed length was read on the host")
+
+    __int__ = __index__ = __bool__ = __float__ = item = tolist = _refuse
+
+
+@pytest.mark.parametrize("tree", [False, True])
+def test_fast_attention_takes_a_device_start_without_reading_it(tree, monkeypatch):
+    """Inside a CUDA graph the committed length is a device tensor. Where the kernels do not run (a
+    float64 model on CUDA) fast attention must mask the whole cache on the device instead of reading
+    the length: same logits as with the length as an int, and no host read (the negative control, a
+    forward that converts it, is refused)."""
+    model = specbench.random_model(vocab_size=64, num_layers=2, hidden_size=32, seed=3, dtype="float64")
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]], dtype=torch.bool) if tree else None
+    positions = 7 + (torch.tensor([0, 1, 1, 2]) if tree else torch.arange(4))
+
+    def run(start):
+        cache = model.new_cache(24)
+        model(torch.arange(7) % 64, torch.arange(7), cache)
+        return model(torch.tensor([3, 9, 4, 1]), positions, cache, mask, start=start).logits
+
+    device_start = torch.tensor([7]).as_subclass(HostReadForbidden)
+    assert torch.equal(run(device_start).as_subclass(torch.Tensor), run(7))
+    # negative control: attention that takes the length as an int (before session 37) reads it
+    from specbench import numerics
+    takes_int = numerics.Attention.__init__
+    monkeypatch.setattr(numerics.Attention, "__init__", lambda self, mode, start, *a: takes_int(
+        self, mode, int(start) if isinstance(start, torch.Tensor) else start, *a))
+    with pytest.raises(AssertionError, match="read on the host"):
+        run(device_start)
