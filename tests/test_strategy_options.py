@@ -80,8 +80,7 @@ def test_cpu_defaults_follow_the_two_row_product(model, monkeypatch, pad, kind):
     """A CPU that pads 2-row products to 3 gets the "cpu" defaults; one that runs them as given
     (AVX2) gets the smaller drafts measured there; a device other than the CPU gets CUDA's."""
     from specbench import model as core
-    from specbench.strategies import eagle, medusa, sps
-    from specbench.strategies import make_proposer
+    from specbench.strategies import eagle, make_proposer, medusa, sps
     monkeypatch.setattr(core, "pad_two_rows", lambda: pad)
     assert core.device_kind(model.device) == kind
     assert core.device_kind(torch.device("cuda")) == "cuda"
