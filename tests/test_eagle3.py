@@ -84,7 +84,7 @@ def test_training_time_test_equals_decoding_on_the_draft_cache(target):
     ids = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8])
     out = target(ids, torch.arange(len(ids)), target.new_cache(len(ids)), output_layers=drafter.target_layers)
     raw = torch.cat([out.layer_hidden[i] for i in drafter.target_layers], dim=-1)
-    steps = drafter.unroll(raw, ids, 4, target)
+    steps = [h[0] for h in drafter.unroll(raw[None], ids[None], 4, target)]
     assert [len(h) for h in steps] == [11, 10, 9, 8]
     for t in (0, 3, 7):
         cache = drafter.new_cache(16, "cpu", torch.float64)
@@ -96,6 +96,34 @@ def test_training_time_test_equals_decoding_on_the_draft_cache(target):
             h = drafter(h, ids[t + 1 + k: t + 2 + k], torch.tensor([t + k]), cache,
                         torch.ones(1, span, dtype=torch.bool), target, slots=torch.tensor([t + k]), span=span)
             torch.testing.assert_close(h[0], steps[k][t])
+
+
+def test_training_time_test_over_a_padded_batch_equals_each_sequence_alone(target):
+    """The trainer unrolls a batch at once, padded at the ends: each sequence's steps and its loss
+    equal those of the sequence unrolled alone (padding is never attended to, never counted)."""
+    from specbench.train.eagle3 import Eagle3Objective
+    from specbench.train.trainer import Sequence, target_pass
+    drafter = specbench.random_drafter(target, "eagle3", seed=6)
+    objective = Eagle3Objective(drafter, target, ttt_steps=3)
+    sequences = []
+    for ids, mask in (([3, 1, 4, 1, 5, 9, 2, 6, 5, 3], [0, 0, 1, 1, 1, 1, 1, 0, 1, 1]),
+                      ([2, 7, 1, 8, 2], [0, 1, 1, 1, 1]), ([5, 5, 4, 3, 2, 1, 9], [1, 1, 0, 0, 1, 1, 1])):
+        ids = torch.tensor(ids)
+        logits, feats = target_pass(target, ids, objective.feature_layers)
+        sequences.append(Sequence(feats, logits, ids, torch.tensor(mask, dtype=torch.bool)))
+    batched = objective.step_logits(target, torch.nn.utils.rnn.pad_sequence([s.features for s in sequences], True),
+                                    torch.nn.utils.rnn.pad_sequence([s.ids for s in sequences], True), 3)
+    for b, s in enumerate(sequences):
+        alone = objective.step_logits(target, s.features[None], s.ids[None], 3)
+        for k in range(3):
+            rows = len(s.ids) - 1 - k
+            torch.testing.assert_close(batched[k][b, :rows], alone[k][0])
+    loss, metrics, count = objective.loss(target, sequences)
+    parts = [objective.loss(target, [s]) for s in sequences]
+    torch.testing.assert_close(loss, sum(p[0] for p in parts))
+    assert count == sum(p[2] for p in parts) == 7 + 4 + 4
+    for key in metrics:
+        assert metrics[key] == pytest.approx(sum(p[1].get(key, 0.0) for p in parts))
 
 
 def test_serving_layout_roundtrip(target, tmp_path):

@@ -148,22 +148,27 @@ class Eagle3Draft(Drafter):
         return self.lm_head(self.norm(h)), self.draft_ids
 
     def unroll(self, raw: torch.Tensor, ids: torch.Tensor, steps: int, model: Transformer) -> list[torch.Tensor]:
-        """Training-time test over one sequence, without a cache (differentiable): step 0 is the
-        teacher-forced pass (row t: token t + 1, fc of the target's features at t, position t);
-        step k feeds each row its own step k - 1 output with token t + 1 + k at position t + k, and
-        row t attends to the step-0 rows 0..t plus its own rows of steps 1..k: exactly what a tree
-        node k levels below the root sees at decode time. Returns h of every step ([n - 1 - k, D])."""
-        n = len(ids) - 1
-        x = self.draft_input(raw[:n], model)
+        """Training-time test over a batch of sequences padded at their ends to one length (raw
+        [B, L, k * D], ids [B, L]), without a cache (differentiable): step 0 is the teacher-forced
+        pass (row t: token t + 1, fc of the target's features at t, position t); step k feeds each
+        row its own step k - 1 output with token t + 1 + k at position t + k, and row t attends to
+        the step-0 rows 0..t plus its own rows of steps 1..k: exactly what a tree node k levels below
+        the root sees at decode time. No real row sees padding, which only follows it. One batch
+        is one pass per step whatever its size (the trainer is bound by kernel launches otherwise).
+        Returns h of every step ([B, L - 1 - k, D])."""
+        b, n = ids.shape[0], ids.shape[1] - 1
+        x = self.draft_input(raw[:, :n].reshape(b * n, -1), model).view(b, n, -1)
         keys, values, outs = [], [], []
         for k in range(min(steps, n)):
             m = n - k
-            cos, sin = model.rope(torch.arange(k, k + m, device=ids.device))
-            attn_in = self.attention_input(x[:m], ids[1 + k: 1 + k + m], model)
-            q, key, value = self.layer.kv(attn_in, cos.to(x.dtype), sin.to(x.dtype))
-            keys.append(key)
-            values.append(value)
-            x = self.layer.after_attention(x[:m], chain_attention(q, keys, values), "fast")
+            cos, sin = (t.repeat(b, 1, 1).to(x.dtype) for t in model.rope(torch.arange(k, k + m, device=ids.device)))
+            rows = x[:, :m].reshape(b * m, -1)
+            q, key, value = self.layer.kv(self.attention_input(rows, ids[:, 1 + k: 1 + k + m].reshape(-1), model),
+                                          cos, sin)
+            keys.append(key.view(b, m, *key.shape[1:]))
+            values.append(value.view(b, m, *value.shape[1:]))
+            attended = chain_attention(q.view(b, m, *q.shape[1:]), keys, values)
+            x = self.layer.after_attention(rows, attended.reshape(b * m, *q.shape[1:]), "fast").view(b, m, -1)
             outs.append(x)
         return outs
 
@@ -266,19 +271,19 @@ class Eagle3Draft(Drafter):
 
 
 def chain_attention(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
-    """Attention of step-k rows q [m, H, d]: keys[0] / values[0] [>= m, Hkv, d] are the step-0 rows,
-    seen causally (row t sees rows 0..t); keys[j] for j >= 1 are the row's own step-j entries (one
-    each, at the same row). Returns [m, H, d]."""
-    m, heads, d = q.shape
-    group = heads // keys[0].shape[1]
-    k0 = keys[0][:m].repeat_interleave(group, dim=1)
-    v0 = values[0][:m].repeat_interleave(group, dim=1)
+    """Attention of step-k rows q [B, m, H, d]: keys[0] / values[0] [B, >= m, Hkv, d] are the
+    step-0 rows, seen causally (row t sees rows 0..t); keys[j] for j >= 1 are the row's own step-j
+    entries (one each, at the same row). Returns [B, m, H, d]."""
+    b, m, heads, d = q.shape
+    group = heads // keys[0].shape[2]
+    k0 = keys[0][:, :m].repeat_interleave(group, dim=2)
+    v0 = values[0][:, :m].repeat_interleave(group, dim=2)
     scale = d ** -0.5
     causal = torch.ones(m, m, dtype=torch.bool, device=q.device).tril()
-    scores = [torch.einsum("thd,shd->hts", q, k0).masked_fill(~causal, float("-inf"))]
-    own = [(q * kj[:m].repeat_interleave(group, dim=1)).sum(-1).transpose(0, 1)[..., None] for kj in keys[1:]]
-    weights = F.softmax(torch.cat(scores + own, dim=-1) * scale, dim=-1)     # [H, m, m + k]
-    out = torch.einsum("hts,shd->thd", weights[..., :m], v0)
+    scores = [torch.einsum("bthd,bshd->bhts", q, k0).masked_fill(~causal, float("-inf"))]
+    own = [(q * kj[:, :m].repeat_interleave(group, dim=2)).sum(-1).transpose(1, 2)[..., None] for kj in keys[1:]]
+    weights = F.softmax(torch.cat(scores + own, dim=-1) * scale, dim=-1)     # [B, H, m, m + k]
+    out = torch.einsum("bhts,bshd->bthd", weights[..., :m], v0)
     for j, vj in enumerate(values[1:]):
-        out = out + weights[..., m + j].transpose(0, 1)[..., None] * vj[:m].repeat_interleave(group, dim=1)
+        out = out + weights[..., m + j].transpose(1, 2)[..., None] * vj[:, :m].repeat_interleave(group, dim=2)
     return out

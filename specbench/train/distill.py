@@ -25,7 +25,7 @@ from ..drafters.draft import DraftLayers
 from ..errors import SpecbenchError
 from ..model import Transformer
 from .data import TokenData
-from .trainer import greedy_acceptance, held_out
+from .trainer import PerSequence, greedy_acceptance, held_out
 
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
 
@@ -43,7 +43,7 @@ def divergence(logp: torch.Tensor, logq: torch.Tensor, kind: str) -> torch.Tenso
     return 0.5 * (p * (logp - logm)).sum(-1) + 0.5 * (q * (logq - logm)).sum(-1)
 
 
-class DistillObjective:
+class DistillObjective(PerSequence):
     feature_layers: tuple[int, ...] = ()     # the draft needs only the target's logits
 
     def __init__(self, drafter: DraftLayers, model: Transformer, divergence: str = "fkl"):
@@ -51,7 +51,7 @@ class DistillObjective:
             raise SpecbenchError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {divergence!r}")
         self.drafter, self.divergence = drafter, divergence
 
-    def loss(self, model: Transformer, features: torch.Tensor | None, logits: torch.Tensor, ids: torch.Tensor,
+    def sequence_loss(self, model: Transformer, features: torch.Tensor | None, logits: torch.Tensor, ids: torch.Tensor,
              mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
         m = mask[1:]                                      # row i predicts ids[i + 1]
         count = int(m.sum())
@@ -75,8 +75,8 @@ class DistillObjective:
         sums: dict[str, float] = {}
         count = 0
         self.drafter.eval()
-        for logits, feats, ids, mask in held_out(model, self, data, indices):
-            _, metrics, n = self.loss(model, feats, logits, ids, mask)
+        for feats, logits, ids, mask in held_out(model, self, data, indices):
+            _, metrics, n = self.sequence_loss(model, feats, logits, ids, mask)
             count += n
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v

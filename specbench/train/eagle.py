@@ -16,14 +16,14 @@ import torch.nn.functional as F
 from ..drafters.eagle import RANKS, EagleDraft
 from ..model import Transformer
 from .data import TokenData
-from .trainer import greedy_acceptance, held_out
+from .trainer import PerSequence, greedy_acceptance, held_out
 
 FEATURE_WEIGHT = 1.0
 CE_WEIGHT = 0.1
 NOISE = 0.2
 
 
-class EagleObjective:
+class EagleObjective(PerSequence):
     def __init__(self, drafter: EagleDraft, model: Transformer, noise: float = NOISE):
         self.drafter = drafter
         self.feature_layers = (model.args.num_layers,)
@@ -41,7 +41,7 @@ class EagleObjective:
         cache = self.drafter.new_cache(n - 1, feats.device, dtype)
         return self.drafter(feats[:-1], ids[1:], torch.arange(n - 1, device=ids.device), cache, None, model)
 
-    def loss(self, model: Transformer, features: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
+    def sequence_loss(self, model: Transformer, features: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
              mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
         rows = mask[1:]
         count = int(rows.sum())
@@ -69,7 +69,7 @@ class EagleObjective:
         tree is built from it), then greedy decoding with the draft (default dynamic tree)."""
         self.drafter.to(dtype=model.dtype).eval()          # as generate will run it
         counts = torch.zeros(RANKS + 1)
-        for logits, features, ids, mask in held_out(model, self, data, indices):
+        for features, logits, ids, mask in held_out(model, self, data, indices):
             rows = mask[1:]
             if len(ids) < 2 or not rows.any():
                 continue

@@ -18,7 +18,7 @@ from ..drafters.eagle import RANKS
 from ..drafters.eagle3 import Eagle3Draft
 from ..model import Transformer
 from .data import TokenData
-from .trainer import greedy_acceptance, held_out
+from .trainer import Sequence, greedy_acceptance, held_out
 
 TTT_STEPS = 7
 STEP_DECAY = 0.8
@@ -33,32 +33,40 @@ class Eagle3Objective:
 
     def step_logits(self, model: Transformer, features: torch.Tensor, ids: torch.Tensor,
                     steps: int) -> list[torch.Tensor]:
-        """Draft-vocabulary logits of each unrolled step over one sequence ([n - 1 - k, N] at step k)."""
+        """Draft-vocabulary logits of each unrolled step over a padded batch (features [B, L, k * D],
+        ids [B, L]): [B, L - 1 - k, N] at step k."""
         if not torch.is_autocast_enabled("cuda"):   # the draft computes in its own dtype, or bf16 under autocast
             features = features.to(self.drafter.dtype)
-        return [self.drafter.draft_logits(h, model)[0] for h in self.drafter.unroll(features, ids, steps, model)]
+        out = []
+        for h in self.drafter.unroll(features, ids, steps, model):
+            b, m, d = h.shape
+            out.append(self.drafter.draft_logits(h.reshape(b * m, d), model)[0].view(b, m, -1))
+        return out
 
-    def loss(self, model: Transformer, features: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
-             mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
-        count = int(mask[1:].sum())
-        if len(ids) < 2 or count == 0:
-            return features.new_zeros(()), {}, 0
+    def loss(self, model: Transformer, batch: list[Sequence]) -> tuple[torch.Tensor, dict[str, float], int]:
+        """The batch padded at its ends to its longest sequence and unrolled at once; padding is
+        masked out (its mask is false), so each sequence's loss is what it would be alone."""
         vocab = self.drafter.draft_ids
+        features = pad([s.features for s in batch])
+        ids, mask = pad([s.ids for s in batch]), pad([s.mask for s in batch])
+        with torch.no_grad():       # the target's logits over the draft vocabulary, and its greedy tokens
+            target = pad([s.logits[:, vocab] for s in batch])
+            greedy = pad([s.logits.argmax(-1) for s in batch])
+        count = int(mask[:, 1:].sum())
+        if ids.shape[1] < 2 or count == 0:
+            return features.new_zeros(()), {}, 0
         total, metrics = features.new_zeros((), dtype=torch.float32), {}
         for k, out in enumerate(self.step_logits(model, features, ids, self.ttt_steps)):
-            rows = mask[1 + k:]
-            if not rows.any():
-                continue
-            target = logits[1 + k:][rows].float()
+            rows = mask[:, 1 + k:]
             with torch.no_grad():
-                p = torch.softmax(target[:, vocab], dim=-1)
+                p = torch.softmax(target[:, 1 + k:][rows].float(), dim=-1)
             logq = F.log_softmax(out[rows].float(), dim=-1)
             ce = -(p * logq).sum()
             total = total + STEP_DECAY ** k * ce
-            metrics[f"loss_step{k}"] = ce.item()
-            metrics[f"agree_step{k}"] = float((vocab[logq.argmax(-1)] == target.argmax(-1)).sum())
-        metrics["loss"] = total.item()
-        return total, metrics, count
+            metrics[f"loss_step{k}"] = ce
+            metrics[f"agree_step{k}"] = (vocab[logq.argmax(-1)] == greedy[:, 1 + k:][rows]).sum()
+        metrics["loss"] = total
+        return total, {key: float(v.detach()) for key, v in metrics.items()}, count
 
     @torch.no_grad()
     def evaluate(self, model: Transformer, data: TokenData, indices: list[int], eval_tokens: int) -> dict:
@@ -70,8 +78,9 @@ class Eagle3Objective:
         ranks = min(RANKS, len(vocab))
         counts = torch.zeros(RANKS + 1)
         hits, rows_seen = torch.zeros(EVAL_STEPS), torch.zeros(EVAL_STEPS)
-        for logits, features, ids, mask in held_out(model, self, data, indices):
-            for k, out in enumerate(self.step_logits(model, features, ids, EVAL_STEPS)):
+        for features, logits, ids, mask in held_out(model, self, data, indices):
+            for k, out in enumerate(self.step_logits(model, features[None], ids[None], EVAL_STEPS)):
+                out = out[0]
                 rows = mask[1 + k:]
                 if not rows.any():
                     continue
@@ -90,3 +99,8 @@ class Eagle3Objective:
         return {"rank_accuracy": self.drafter.rank_accuracy, "top1": round(accuracy[0], 4),
                 "top3": round(sum(accuracy[:3]), 4),
                 **{f"top1_step{k}": round(by_step[k], 4) for k in range(1, EVAL_STEPS)}, **figures}
+
+
+def pad(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Sequences of different lengths [n_i, ...] as one [B, max n_i, ...] batch, zeros after each."""
+    return torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True)

@@ -13,19 +13,19 @@ import torch.nn.functional as F
 from ..drafters.medusa import MedusaHeads
 from ..model import Transformer
 from .data import TokenData
-from .trainer import greedy_acceptance, held_out
+from .trainer import PerSequence, greedy_acceptance, held_out
 
 HEAD_DECAY = 0.8
 RANKS = 10     # ranks measured per head for the tree (medusa_tree)
 
 
-class MedusaObjective:
+class MedusaObjective(PerSequence):
     def __init__(self, drafter: MedusaHeads, model: Transformer, labels: str = "target"):
         self.drafter = drafter
         self.feature_layers = (model.args.num_layers,)
         self.labels = labels
 
-    def loss(self, model: Transformer, features: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
+    def sequence_loss(self, model: Transformer, features: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
              mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
         head_logits = self.drafter(features, model)             # [n, K, V]
         greedy = logits.argmax(-1)                               # the target's own next tokens
@@ -76,7 +76,7 @@ class MedusaObjective:
         tree is built from it), then greedy decoding with the heads."""
         self.drafter.to(dtype=model.dtype).eval()          # as generate will run it
         counts = None
-        for logits, features, _, mask in held_out(model, self, data, indices):
+        for features, logits, _, mask in held_out(model, self, data, indices):
             c = self.rank_counts(model, features, logits, mask)
             counts = c if counts is None else counts + c
         rank_accuracy = (counts[:, :RANKS] / counts.sum(-1, keepdim=True).clamp_min(1)).tolist()

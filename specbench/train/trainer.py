@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -68,14 +68,22 @@ class TrainConfig:
         return d
 
 
+class Sequence(NamedTuple):
+    """One training conversation on the target's device: the frozen target's features
+    [n, k * D] and logits [n, V] over its token ids [n], and the assistant mask [n]."""
+    features: torch.Tensor
+    logits: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+
 class Objective(Protocol):
-    """A drafter's training loss, given the frozen target's features of one sequence."""
+    """A drafter's training loss, given the frozen target's features of a batch of sequences."""
     drafter: Drafter
     feature_layers: tuple[int, ...]
 
-    def loss(self, model: Transformer, features: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
-             mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], int]:
-        """(summed loss, summed metrics, number of predicted tokens) of one sequence."""
+    def loss(self, model: Transformer, batch: list[Sequence]) -> tuple[torch.Tensor, dict[str, float], int]:
+        """(summed loss, summed metrics, number of predicted tokens) of the batch."""
         ...
 
     def evaluate(self, model: Transformer, data: TokenData, indices: list[int], eval_tokens: int) -> dict:
@@ -109,13 +117,28 @@ def target_pass(model: Transformer, ids: torch.Tensor, layers: tuple[int, ...]) 
     return out.logits, features(out, layers)
 
 
-def held_out(model: Transformer, objective: Objective, data: TokenData,
-             indices: list[int]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(logits, features, ids, mask) of the target over each held-back conversation, on its device."""
+def held_out(model: Transformer, objective: Objective, data: TokenData, indices: list[int]) -> Iterator[Sequence]:
+    """The target over each held-back conversation, on its device."""
     for i in indices:
         ids, mask = data.item(i)
         logits, feats = target_pass(model, ids, objective.feature_layers)
-        yield logits, feats, ids.to(model.device), mask.to(model.device)
+        yield Sequence(feats, logits, ids.to(model.device), mask.to(model.device))
+
+
+class PerSequence:
+    """For objectives whose loss is a sum over sequences computed one at a time (`sequence_loss`);
+    their backward runs once for the batch."""
+
+    def loss(self, model: Transformer, batch: list[Sequence]) -> tuple[torch.Tensor, dict[str, float], int]:
+        total, sums, count = None, {}, 0
+        for s in batch:
+            loss, metrics, n = self.sequence_loss(model, *s)
+            if n:
+                total = loss if total is None else total + loss
+            count += n
+            for key, v in metrics.items():
+                sums[key] = sums.get(key, 0.0) + v
+        return (total if total is not None else torch.zeros(())), sums, count
 
 
 def greedy_acceptance(model: Transformer, data: TokenData, indices: list[int], eval_tokens: int,
@@ -211,18 +234,16 @@ def train(objective: Objective, model: Transformer, data: TokenData, config: Tra
                     group["lr"] = lr_at(step, total, config.warmup_steps, config.lr)
                 opt.zero_grad(set_to_none=True)
                 torch.manual_seed(config.seed * 1_000_003 + step)   # noise (EAGLE) is the same after a resume
-                sums, count = {}, 0
+                sequences = []
                 for i in batch:
                     ids, mask = data.item(i)
                     logits, feats = target_pass(model, ids, objective.feature_layers)
-                    with autocast:
-                        loss, m, n = objective.loss(model, feats, logits, ids.to(device), mask.to(device))
-                    if n:
-                        loss.backward()
-                    count += n
-                    for key, v in m.items():
-                        sums[key] = sums.get(key, 0.0) + v
+                    sequences.append(Sequence(feats, logits, ids.to(device), mask.to(device)))
+                with autocast:
+                    loss, sums, count = objective.loss(model, sequences)
+                del sequences
                 if count:
+                    loss.backward()
                     for p in params:
                         if p.grad is not None:
                             p.grad.div_(count)
