@@ -71,7 +71,7 @@ def test_gain_per_doubling_on_the_committed_scaling_run():
     drafters' cards: 1.82x the data lifts EAGLE-3 from 2.149 to 2.293 tokens per step."""
     folder = REPO / "docs" / "results" / "gpu_eagle3_scaling_h200"
     result = read_results(folder)
-    small = analysis.training_conversations(REPO / "specbench" / "drafters" / "shipped" / "eagle3")
+    small = analysis.training_conversations(folder / "drafters" / "eagle3_shipped")
     large = analysis.training_conversations(folder / "drafters" / "eagle3")
     assert (small, large) == (5487, 10012)
     gain = analysis.gain_per_doubling(result, "eagle3", "eagle3_more_data", small, large)
