@@ -101,7 +101,7 @@ def test_training_time_test_equals_decoding_on_the_draft_cache(target):
 def test_training_time_test_over_a_padded_batch_equals_each_sequence_alone(target):
     """The trainer unrolls a batch at once, padded at the ends: each sequence's steps and its loss
     equal those of the sequence unrolled alone (padding is never attended to, never counted)."""
-    from specbench.train.eagle3 import Eagle3Objective
+    from specbench.train.eagle3 import Eagle3Objective, pad
     from specbench.train.trainer import Sequence, target_pass
     drafter = specbench.random_drafter(target, "eagle3", seed=6)
     objective = Eagle3Objective(drafter, target, ttt_steps=3)
@@ -111,8 +111,7 @@ def test_training_time_test_over_a_padded_batch_equals_each_sequence_alone(targe
         ids = torch.tensor(ids)
         logits, feats = target_pass(target, ids, objective.feature_layers)
         sequences.append(Sequence(feats, logits, ids, torch.tensor(mask, dtype=torch.bool)))
-    batched = objective.step_logits(target, torch.nn.utils.rnn.pad_sequence([s.features for s in sequences], True),
-                                    torch.nn.utils.rnn.pad_sequence([s.ids for s in sequences], True), 3)
+    batched = objective.step_logits(target, pad([s.features for s in sequences]), pad([s.ids for s in sequences]), 3)
     for b, s in enumerate(sequences):
         alone = objective.step_logits(target, s.features[None], s.ids[None], 3)
         for k in range(3):

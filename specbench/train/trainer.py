@@ -1,5 +1,5 @@
 """One trainer for every learned drafter: the target stays frozen, an `Objective` turns the
-target's features of a training sequence into a loss, and this loop does the rest.
+target's features of a batch of training sequences into a loss, and this loop does the rest.
 
 AdamW, linear warm-up then cosine decay, gradient clipping, bf16 autocast on CUDA (fp32 on CPU),
 seeded data order, a checkpoint every `checkpoint_every` steps (and on Ctrl-C / SIGTERM) from
