@@ -48,11 +48,11 @@ class TokenData:
     def assistant_counts(self, indices: list[int], vocab_size: int) -> torch.Tensor:
         """How often each token is an assistant token in conversations `indices` [vocab_size]: what
         a draft vocabulary is chosen by."""
-        counts = torch.zeros(vocab_size, dtype=torch.long)
+        rows = np.zeros(len(self.tokens), dtype=bool)    # one bincount, not one per conversation
         for i in indices:
-            ids, mask = self.item(i)
-            counts += torch.bincount(ids[mask], minlength=vocab_size)
-        return counts
+            rows[self.offsets[i]:self.offsets[i + 1]] = True
+        chosen = self.tokens[rows & self.mask.astype(bool)].astype(np.int64)
+        return torch.from_numpy(np.bincount(chosen, minlength=vocab_size)).long()
 
     def select(self, indices: list[int]) -> "TokenData":
         return TokenData.from_lists([self.item(i)[0].tolist() for i in indices],
