@@ -12,6 +12,8 @@ model=$1; tokens=$2; out=$3
 mkdir -p "$out"
 # the held-back evaluation captures the draft's CUDA graphs without compiling them (seconds, not minutes)
 export SPECBENCH_COMPILE=0
+# the arms share the machine's CPU cores: without a cap each one's threads fight the other's
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 pids=()
 for layers in 4 2; do
   arm="$out/draft${layers}"
