@@ -3,6 +3,7 @@ Hugging Face folder), distillation, resume, bad input, and the draft shipped for
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -60,11 +61,16 @@ def test_greedy_identical_float64(seed):
     prompt = [(seed + i) % 5 for i in range(12)]
     vanilla = specbench.generate(target, prompt, max_new_tokens=40).token_ids
     drafts = [specbench.random_drafter(target, "draft", seed=seed, num_layers=n) for n in (1, 2)]
+    lengths = Counter()
     for draft in [*drafts, "target:1", "target:2"]:
-        for num_draft in (1, 3, 6):
-            out = specbench.generate(target, prompt, method="sps", draft=draft, num_draft=num_draft, max_new_tokens=40)
-            assert out.token_ids == vanilla, (draft, num_draft)
+        for num_draft, draft_stop in ((1, None), (3, None), (6, None), (6, 0.6)):
+            out = specbench.generate(target, prompt, method="sps", draft=draft, num_draft=num_draft,
+                                     draft_stop=draft_stop, max_new_tokens=40)
+            assert out.token_ids == vanilla, (draft, num_draft, draft_stop)
             assert out.stats["lossless"] is True
+            if draft_stop is not None:
+                lengths.update(out.stats["draft_tokens"])
+    assert len(lengths) > 1 and lengths[6] < sum(lengths.values()), f"draft_stop left every chain one length: {lengths}"
 
 
 def test_greedy_identical_with_a_distilled_draft(tiny, distilled):

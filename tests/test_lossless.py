@@ -8,6 +8,8 @@ verifier and the lossy confidence early exit must both fail the very same check.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -123,6 +125,30 @@ def test_sampling_matches_vanilla_with_a_reduced_draft_vocabulary(target, prompt
     pvalue, stats = check(target, prompt, "sps", SamplingParams(1.0), draft=drafter, num_draft=3, draft_vocab=8)
     assert sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats) > 0, "vacuous: nothing accepted"
     assert pvalue > ALPHA, f"sps with draft_vocab differs from vanilla (p = {pvalue:.2e})"
+
+
+def test_sampling_matches_vanilla_with_draft_stop(target, prompt, draft):
+    """draft_stop: a chain of up to 3 stops once the draft's own probability of its token falls
+    below 0.5. The stop depends on the draft's tokens only, so the chain stays a valid proposal."""
+    pvalue, stats = check(target, prompt, "sps", SamplingParams(1.0), draft=draft, num_draft=3, draft_stop=0.5)
+    lengths = Counter(n for s in stats for n in s["draft_tokens"])
+    assert lengths[3] > 0 and lengths[1] + lengths[2] > 0, f"vacuous: chains of one length only ({lengths})"
+    assert sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats) > 0, "vacuous: nothing accepted"
+    assert pvalue > ALPHA, f"sps with draft_stop differs from vanilla (p = {pvalue:.2e})"
+
+
+def test_negative_control_draft_stop_with_biased_draws_fails(target, prompt, draft, monkeypatch):
+    """The same check catches a chain whose tokens are not drawn from the q it reports: each draft
+    token the likelier of two draws (a plausible "retry an unconfident token" bug)."""
+    from specbench.sampling import draw
+    from specbench.strategies import sps
+
+    def likelier_of_two(q, params, generator):
+        a, b = draw(q, params, generator), draw(q, params, generator)
+        return a if q[a] >= q[b] else b
+    monkeypatch.setattr(sps, "draw", likelier_of_two)
+    pvalue, _ = check(target, prompt, "sps", SamplingParams(1.0), draft=draft, num_draft=3, draft_stop=0.5)
+    assert pvalue < ALPHA
 
 
 def test_vanilla_matches_enumeration(target, prompt):

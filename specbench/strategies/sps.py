@@ -10,8 +10,16 @@ few-layer draft is launch-bound too, and an eager one would cost as much as the 
 LM head score only the N tokens most often predicted in its training data: on a CPU the head is most
 of a small draft's cost (49,152 x 576 on the default model, as much as 8 of its layers). The draft
 distribution is zero elsewhere; the verifier sees that q, so decoding stays exact.
+
+`draft_stop=p` ends the chain early once the draft's own probability (at temperature 1) of the
+token it just drew falls below p: an unconfident draft token is rarely accepted, and the tokens
+after it even less, so their draft forwards are saved (SpecDec++, Huang et al. 2024, learns the
+stop; a fixed threshold is its simplest form). `num_draft` is then the chain's longest length.
 """
 from __future__ import annotations
+
+import math
+from typing import Annotated
 
 import torch
 
@@ -21,7 +29,7 @@ from ..drafters.draft import DraftLayers, DraftRef, draft_in, resolve_draft
 from ..engine import DecodeContext, Proposer, StepResult
 from ..errors import SpecbenchError
 from ..model import Transformer, device_kind, fixed_linear, send
-from ..options import PositiveInt
+from ..options import Bound, PositiveInt
 from ..sampling import draw, process_logits
 from ..tree import DraftTree
 
@@ -30,10 +38,20 @@ GRAPHED_TOKENS = BUCKETS[1]   # the draft's decoding forwards (1 or 2 new tokens
 # draft tokens per step by device kind (`model.device_kind`): on a CPU that pads 2-row products to 3,
 # 2 was the fastest of 2..5 with the shipped draft (0.68x vanilla against 0.45x at 5;
 # experiments/cpu_draft.yaml, docs/results/cpu_draft/), and of 1..3 with the 4,096-token draft
-# vocabulary (1.05x against 0.98x; experiments/cpu_sps_num_draft.yaml); on an AVX2 CPU, where 2
-# rows cost about what 1 does, 1: 1.01x against 0.91x for 2 on session 37's EPYC
-# (experiments/cpu_avx2_trees.yaml, docs/results/cpu_avx2_trees/); the CUDA value is the common setting
-DEFAULT_NUM_DRAFT = {"cpu": 2, "cpu-avx2": 1, "cuda": 5}
+# vocabulary (1.05x against 0.98x; experiments/cpu_sps_num_draft.yaml). With draft_stop 0.5 a chain
+# of up to 3 pays: 1.045x the unstopped chain of 2, paired (95% interval 1.003-1.087) on session
+# 40's AVX-512 EPYC (experiments/cpu_sps_draft_stop_24q.yaml, docs/results/cpu_sps_draft_stop_24q/).
+# On an AVX2 CPU, where 2 rows cost about what 1 does, 1: 1.01x against 0.91x for 2 on session 37's
+# EPYC (experiments/cpu_avx2_trees.yaml, docs/results/cpu_avx2_trees/); the CUDA value is the
+# common setting
+DEFAULT_NUM_DRAFT = {"cpu": 3, "cpu-avx2": 1, "cuda": 5}
+
+# draft_stop by device: 0.5 on the CPU (above: 0.3 / 0.5 / 0.7 gave 1.01x / 1.02x / 1.03x the
+# unstopped chain of 2, and it lets a chain of 3 pay); off where one token is drafted, and on CUDA,
+# where reading the draft's probability back would add a host synchronisation to every draft token
+DEFAULT_DRAFT_STOP = {"cpu": 0.5, "cpu-avx2": 0.0, "cuda": 0.0}
+
+StopProbability = Annotated[float, Bound(0, 1)]
 
 
 # draft vocabulary by device: on the CPU 4,096 tokens, the head's rows packed, cut the shipped
@@ -48,14 +66,15 @@ class DraftModel(Proposer):
 
     Options:
     draft: None: the draft shipped for the default model
-    num_draft: None: by device (CPU 2, AVX2 CPU 1, CUDA 5)
+    num_draft: None: by device (CPU 3, AVX2 CPU 1, CUDA 5)
     draft_vocab: None: by device (CPU 4096 where the draft counted its training tokens, else the whole vocabulary)
     draft_dtype: None: bfloat16 for a float32 target on a CPU with native bfloat16, else the target's
+    draft_stop: None: by device (CPU 0.5, else 0: never stop early)
     """
 
     def __init__(self, model: Transformer, draft: DraftRef | Transformer | DraftLayers | None = None,
                  num_draft: PositiveInt | None = None, draft_vocab: PositiveInt | None = None,
-                 draft_dtype: DraftDtype | None = None):
+                 draft_dtype: DraftDtype | None = None, draft_stop: StopProbability | None = None):
         vocab = model.args.vocab_size
         dtype = run_dtype(model, draft_dtype)
         draft = resolve_draft(draft, model)
@@ -66,7 +85,10 @@ class DraftModel(Proposer):
             raise SpecbenchError(f"the draft is on {draft.device} and the target on {model.device}: load both on one device")
         if num_draft is None:
             num_draft = DEFAULT_NUM_DRAFT[device_kind(model.device)]
-        self.draft, self.num_draft = draft_in(draft, dtype), num_draft
+        if draft_stop is None:
+            draft_stop = DEFAULT_DRAFT_STOP[device_kind(model.device)]
+        self.draft, self.num_draft, self.draft_stop = draft_in(draft, dtype), num_draft, draft_stop
+        self.drafted = 0
         self.max_nodes = num_draft
         ids = draft_vocabulary(draft_vocab, getattr(draft, "token_counts", None),
                                DEFAULT_DRAFT_VOCAB[device_kind(model.device)], vocab, 1, "draft")
@@ -106,19 +128,27 @@ class DraftModel(Proposer):
         pending = ctx.tokens[self.cache.length:]          # committed tokens the draft has not seen
         x = send(pending, self.draft.device)
         tokens, qs = [], []
-        for _ in range(self.num_draft):
-            q = process_logits(self._logits(x), ctx.params)
+        while len(tokens) < self.num_draft:
+            logits = self._logits(x)
+            q = process_logits(logits, ctx.params)
             token = draw(q, ctx.params, ctx.generator)
             tokens.append(token)
             qs.append(q)
+            # a stop that depends only on the draft's own tokens keeps the chain a valid proposal:
+            # the verifier's rule is exact for a chain of any length (SpecDec++, Huang et al. 2024).
+            # The confidence is the draft's probability at temperature 1 (greedy's q is one-hot).
+            if len(tokens) < self.num_draft and self.draft_stop > 0 \
+                    and float(logits[token] - logits.logsumexp(-1)) < math.log(self.draft_stop):
+                break
             x = token.view(1)
-        self.cache.length -= self.num_draft                 # back to "all committed but the root"
+        self.drafted = len(tokens)
+        self.cache.length -= self.drafted                   # back to "all committed but the root"
         return DraftTree.chain(torch.stack(tokens).to(ctx.model.device), torch.stack(qs))
 
     def accept(self, ctx: DecodeContext, step: StepResult) -> None:
         # keep the root and the accepted drafts already in the draft cache (the last draft token
         # was never fed to the draft model)
-        self.cache.length += 1 + min(len(step.accepted), self.num_draft - 1)
+        self.cache.length += 1 + min(len(step.accepted), self.drafted - 1)
 
     def stats(self) -> dict:
         return {"draft_dtype": dtype_name(self.draft.dtype)}
