@@ -40,7 +40,8 @@ GRAPHED_TOKENS = BUCKETS[1]   # the draft's decoding forwards (1 or 2 new tokens
 # experiments/cpu_draft.yaml, docs/results/cpu_draft/), and of 1..3 with the 4,096-token draft
 # vocabulary (1.05x against 0.98x; experiments/cpu_sps_num_draft.yaml). With draft_stop 0.5 a chain
 # of up to 3 pays: 1.045x the unstopped chain of 2, paired (95% interval 1.003-1.087) on session
-# 40's AVX-512 EPYC (experiments/cpu_sps_draft_stop_24q.yaml, docs/results/cpu_sps_draft_stop_24q/).
+# 40's AVX-512 EPYC (experiments/cpu_sps_draft_stop_24q.yaml, docs/results/cpu_sps_draft_stop_24q/),
+# 1.012x (0.998-1.026) over all 80 MT-bench first turns (docs/results/cpu_sps_stop_mt_bench/).
 # On an AVX2 CPU, where 2 rows cost about what 1 does, 1: 1.01x against 0.91x for 2 on session 37's
 # EPYC (experiments/cpu_avx2_trees.yaml, docs/results/cpu_avx2_trees/); the CUDA value is the
 # common setting
