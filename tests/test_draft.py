@@ -63,12 +63,12 @@ def test_greedy_identical_float64(seed):
     drafts = [specbench.random_drafter(target, "draft", seed=seed, num_layers=n) for n in (1, 2)]
     lengths = Counter()
     for draft in [*drafts, "target:1", "target:2"]:
-        for num_draft, draft_stop in ((1, None), (3, None), (6, None), (6, 0.6)):
+        for num_draft, draft_stop, siblings in ((1, 0, 1), (3, 0, 1), (6, 0, 1), (6, 0.6, 1), (1, 0, 3), (3, 0.6, 2)):
             out = specbench.generate(target, prompt, method="sps", draft=draft, num_draft=num_draft,
-                                     draft_stop=draft_stop, max_new_tokens=40)
-            assert out.token_ids == vanilla, (draft, num_draft, draft_stop)
+                                     draft_stop=draft_stop, siblings=siblings, max_new_tokens=40)
+            assert out.token_ids == vanilla, (draft, num_draft, draft_stop, siblings)
             assert out.stats["lossless"] is True
-            if draft_stop is not None:
+            if draft_stop and siblings == 1:
                 lengths.update(out.stats["draft_tokens"])
     assert len(lengths) > 1 and lengths[6] < sum(lengths.values()), f"draft_stop left every chain one length: {lengths}"
 

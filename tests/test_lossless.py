@@ -130,7 +130,8 @@ def test_sampling_matches_vanilla_with_a_reduced_draft_vocabulary(target, prompt
 def test_sampling_matches_vanilla_with_draft_stop(target, prompt, draft):
     """draft_stop: a chain of up to 3 stops once the draft's own probability of its token falls
     below 0.5. The stop depends on the draft's tokens only, so the chain stays a valid proposal."""
-    pvalue, stats = check(target, prompt, "sps", SamplingParams(1.0), draft=draft, num_draft=3, draft_stop=0.5)
+    pvalue, stats = check(target, prompt, "sps", SamplingParams(1.0), draft=draft, num_draft=3, draft_stop=0.5,
+                          siblings=1)
     lengths = Counter(n for s in stats for n in s["draft_tokens"])
     assert lengths[3] > 0 and lengths[1] + lengths[2] > 0, f"vacuous: chains of one length only ({lengths})"
     assert sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats) > 0, "vacuous: nothing accepted"
@@ -147,7 +148,52 @@ def test_negative_control_draft_stop_with_biased_draws_fails(target, prompt, dra
         a, b = draw(q, params, generator), draw(q, params, generator)
         return a if q[a] >= q[b] else b
     monkeypatch.setattr(sps, "draw", likelier_of_two)
-    pvalue, _ = check(target, prompt, "sps", SamplingParams(1.0), draft=draft, num_draft=3, draft_stop=0.5)
+    pvalue, _ = check(target, prompt, "sps", SamplingParams(1.0), draft=draft, num_draft=3, draft_stop=0.5,
+                      siblings=1)
+    assert pvalue < ALPHA
+
+
+def accepted_through_a_sibling(monkeypatch) -> list[bool]:
+    """Record, for every sps step, whether the verifier's accepted path began at a sibling."""
+    from specbench.verify import verify_tree
+    seen: list[bool] = []
+
+    def recording(tree, p, greedy, rng, read_along=None):
+        result = verify_tree(tree, p, greedy, rng, read_along)
+        seen.append(bool(result.accepted) and result.accepted[0] != 0)
+        return result
+    monkeypatch.setattr(specbench.engine, "verify_tree", recording)
+    return seen
+
+
+def test_sampling_matches_vanilla_with_siblings(target, prompt, draft, monkeypatch):
+    """siblings=3: the draft's 2nd and 3rd most likely first tokens, verified beside the chain's
+    sampled first token as fixed picks (one-hot q). Paths through a sibling must occur."""
+    through_sibling = accepted_through_a_sibling(monkeypatch)
+    pvalue, stats = check(target, prompt, "sps", SamplingParams(1.0), draft=draft, num_draft=3, draft_stop=0,
+                          siblings=3)
+    assert any(through_sibling), "vacuous: no path went through a sibling"
+    assert sum(sum(a > 1 for a in s["accepted_lengths"]) for s in stats) > 0, "vacuous: nothing accepted"
+    assert pvalue > ALPHA, f"sps with siblings differs from vanilla (p = {pvalue:.2e})"
+
+
+def test_negative_control_siblings_with_the_draft_q_fails(target, prompt, draft, monkeypatch):
+    """The same check catches siblings reported to the verifier with the draft's distribution
+    instead of the one-hot q of a fixed pick (it then accepts them as if they had been sampled)."""
+    import torch
+
+    from specbench.strategies import sps
+    from specbench.tree import DraftTree
+
+    correct = sps.with_siblings
+
+    def sampled_looking(chain, picks):
+        tree = correct(chain, picks)
+        q = torch.cat([chain.q[:1], chain.q[:1].expand(len(picks), -1), chain.q[1:]])
+        return DraftTree(tokens=tree.tokens, parents=tree.parents, q=q)
+    monkeypatch.setattr(sps, "with_siblings", sampled_looking)
+    pvalue, _ = check(target, prompt, "sps", SamplingParams(1.0), draft=draft, num_draft=3, draft_stop=0,
+                      siblings=3)
     assert pvalue < ALPHA
 
 

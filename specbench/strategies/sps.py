@@ -15,6 +15,14 @@ distribution is zero elsewhere; the verifier sees that q, so decoding stays exac
 token it just drew falls below p: an unconfident draft token is rarely accepted, and the tokens
 after it even less, so their draft forwards are saved (SpecDec++, Huang et al. 2024, learns the
 stop; a fixed threshold is its simplest form). `num_draft` is then the chain's longest length.
+
+`siblings=k` turns the chain into a tree: beside the chain's first token, the draft's next k - 1
+most likely tokens at that position (ranks 2..k of its logits) are verified in the same target
+forward, at no draft cost (SpecInfer, Miao et al. 2024 and Sequoia, Chen et al. 2024 verify such
+trees of draft-model tokens). The shipped draft's first choice is the target's next greedy token
+28% of the time and its second choice 12% more (teacher-forced on 10 MT-bench vanilla answers,
+`python experiments/sps_draft_ranks.py`). A sibling is a fixed pick, a one-hot q to the verifier,
+chosen from the draft's logits alone (not from the chain's draw), so sampled decoding stays exact.
 """
 from __future__ import annotations
 
@@ -54,6 +62,15 @@ DEFAULT_DRAFT_STOP = {"cpu": 0.5, "cpu-avx2": 0.0, "cuda": 0.0}
 
 StopProbability = Annotated[float, Bound(0, 1)]
 
+# candidates for the first drafted position by device kind. On session 41's AVX-512 Xeon (24 MT-bench
+# first turns x 128 tokens) 1 / 2 / 3 ran at 1.08x / 1.17x / 1.19x vanilla with 1.36 / 1.45 / 1.51
+# tokens per step and no dearer a target forward (experiments/cpu_sps_siblings_24q.yaml,
+# docs/results/cpu_sps_siblings_24q/); 4 tied 3 and 6 lost 6%, as a forward over 8 tokens costs
+# more there (experiments/cpu_sps_siblings_wide_24q.yaml); on all 80 MT-bench first turns 3 ran at
+# 1.18x against the chain's 1.08x (docs/results/cpu_sps_siblings_mt_bench/). Not measured on an AVX2 CPU, where 3
+# rows cost 1.19x one, nor on CUDA, where a wider verification costs more on this model: a chain there
+DEFAULT_SIBLINGS = {"cpu": 3, "cpu-avx2": 1, "cuda": 1}
+
 
 # draft vocabulary by device: on the CPU 4,096 tokens, the head's rows packed, cut the shipped
 # draft's step from 17.2 to 9.9 ms with the same 1.35 tokens per step (1.06x against 0.90x vanilla;
@@ -63,7 +80,7 @@ DEFAULT_DRAFT_VOCAB = {"cpu": 4096, "cpu-avx2": 4096, "cuda": None}
 
 
 class DraftModel(Proposer):
-    """A draft model sharing the vocabulary samples a chain (its own cache).
+    """A draft model sharing the vocabulary samples a chain, its runner-up first tokens beside it (own cache).
 
     Options:
     draft: None: the draft shipped for the default model
@@ -71,11 +88,13 @@ class DraftModel(Proposer):
     draft_vocab: None: by device (CPU 4096 where the draft counted its training tokens, else the whole vocabulary)
     draft_dtype: None: bfloat16 for a float32 target on a CPU with native bfloat16, else the target's
     draft_stop: None: by device (CPU 0.5, else 0: never stop early)
+    siblings: None: by device (CPU 3, else 1: a chain); candidates for the first drafted position
     """
 
     def __init__(self, model: Transformer, draft: DraftRef | Transformer | DraftLayers | None = None,
                  num_draft: PositiveInt | None = None, draft_vocab: PositiveInt | None = None,
-                 draft_dtype: DraftDtype | None = None, draft_stop: StopProbability | None = None):
+                 draft_dtype: DraftDtype | None = None, draft_stop: StopProbability | None = None,
+                 siblings: PositiveInt | None = None):
         vocab = model.args.vocab_size
         dtype = run_dtype(model, draft_dtype)
         draft = resolve_draft(draft, model)
@@ -88,11 +107,14 @@ class DraftModel(Proposer):
             num_draft = DEFAULT_NUM_DRAFT[device_kind(model.device)]
         if draft_stop is None:
             draft_stop = DEFAULT_DRAFT_STOP[device_kind(model.device)]
+        if siblings is None:
+            siblings = DEFAULT_SIBLINGS[device_kind(model.device)]
         self.draft, self.num_draft, self.draft_stop = draft_in(draft, dtype), num_draft, draft_stop
-        self.drafted = 0
-        self.max_nodes = num_draft
+        self.siblings = siblings
+        self.drafted = 0                                    # the chain's length in the last step
+        self.max_nodes = num_draft + siblings - 1
         ids = draft_vocabulary(draft_vocab, getattr(draft, "token_counts", None),
-                               DEFAULT_DRAFT_VOCAB[device_kind(model.device)], vocab, 1, "draft")
+                               DEFAULT_DRAFT_VOCAB[device_kind(model.device)], vocab, siblings, "draft")
         # the head scores the draft vocabulary's tokens: those rows of the LM head
         self.vocab = None if ids is None else ids.to(draft.device)
         self.head = None if ids is None else fixed_linear(self.draft.lm_head.weight.detach()[self.vocab])
@@ -128,13 +150,15 @@ class DraftModel(Proposer):
     def propose(self, ctx: DecodeContext) -> DraftTree:
         pending = ctx.tokens[self.cache.length:]          # committed tokens the draft has not seen
         x = send(pending, self.draft.device)
-        tokens, qs = [], []
+        tokens, qs, picks = [], [], None
         while len(tokens) < self.num_draft:
             logits = self._logits(x)
             q = process_logits(logits, ctx.params)
             token = draw(q, ctx.params, ctx.generator)
             tokens.append(token)
             qs.append(q)
+            if picks is None:
+                picks = logits.topk(self.siblings).indices[1:]    # ranks 2..k, whatever was drawn
             # a stop that depends only on the draft's own tokens keeps the chain a valid proposal:
             # the verifier's rule is exact for a chain of any length (SpecDec++, Huang et al. 2024).
             # The confidence is the draft's probability at temperature 1 (greedy's q is one-hot).
@@ -144,15 +168,28 @@ class DraftModel(Proposer):
             x = token.view(1)
         self.drafted = len(tokens)
         self.cache.length -= self.drafted                   # back to "all committed but the root"
-        return DraftTree.chain(torch.stack(tokens).to(ctx.model.device), torch.stack(qs))
+        chain = DraftTree.chain(torch.stack(tokens).to(ctx.model.device), torch.stack(qs))
+        return with_siblings(chain, picks.to(ctx.model.device)) if len(picks) else chain
 
     def accept(self, ctx: DecodeContext, step: StepResult) -> None:
-        # keep the root and the accepted drafts already in the draft cache (the last draft token
-        # was never fed to the draft model)
-        self.cache.length += 1 + min(len(step.accepted), self.drafted - 1)
+        # keep the root and the accepted chain tokens already in the draft cache (the last draft
+        # token was never fed to the draft model); a path through a sibling leaves only the root
+        on_chain = not step.accepted or step.accepted[0] == 0
+        self.cache.length += 1 + (min(len(step.accepted), self.drafted - 1) if on_chain else 0)
 
     def stats(self) -> dict:
         return {"draft_dtype": dtype_name(self.draft.dtype)}
+
+
+def with_siblings(chain: DraftTree, picks: torch.Tensor) -> DraftTree:
+    """The chain's first node, then `picks` as its siblings (fixed picks: one-hot q), then the
+    rest of the chain below the first node: topological order, siblings by priority."""
+    s, n = len(picks), chain.size
+    tokens = torch.cat([chain.tokens[:1], picks, chain.tokens[1:]])
+    parents = torch.tensor([-1] * (1 + s) + [0 if j == 1 else j - 1 + s for j in range(1, n)])
+    one_hot = torch.zeros(s, chain.q.shape[-1], dtype=chain.q.dtype, device=chain.q.device)
+    one_hot[torch.arange(s), picks.to(chain.q.device)] = 1
+    return DraftTree(tokens=tokens, parents=parents, q=torch.cat([chain.q[:1], one_hot, chain.q[1:]]))
 
 
 def widened(logits: torch.Tensor) -> torch.Tensor:
