@@ -62,13 +62,14 @@ DEFAULT_DRAFT_STOP = {"cpu": 0.5, "cpu-avx2": 0.0, "cuda": 0.0}
 
 StopProbability = Annotated[float, Bound(0, 1)]
 
-# candidates for the first drafted position by device kind. On session 41's AVX-512 Xeon (24 MT-bench
-# first turns x 128 tokens) 1 / 2 / 3 ran at 1.08x / 1.17x / 1.19x vanilla with 1.36 / 1.45 / 1.51
-# tokens per step and no dearer a target forward (experiments/cpu_sps_siblings_24q.yaml,
+# candidates for the first drafted position by device kind. On session 41's AVX-512 Xeon (24
+# MT-bench first turns x 128 tokens) 1 / 2 / 3 ran at 1.08x / 1.17x / 1.19x vanilla with 1.36 /
+# 1.45 / 1.51 tokens per step and no dearer a target forward (experiments/cpu_sps_siblings_24q.yaml,
 # docs/results/cpu_sps_siblings_24q/); 4 tied 3 and 6 lost 6%, as a forward over 8 tokens costs
-# more there (experiments/cpu_sps_siblings_wide_24q.yaml); on all 80 MT-bench first turns 3 ran at
-# 1.18x against the chain's 1.08x (docs/results/cpu_sps_siblings_mt_bench/). Not measured on an AVX2 CPU, where 3
-# rows cost 1.19x one, nor on CUDA, where a wider verification costs more on this model: a chain there
+# more there (experiments/cpu_sps_siblings_wide_24q.yaml); on all 80 MT-bench first turns 3 ran
+# at 1.18x against the chain's 1.08x (docs/results/cpu_sps_siblings_mt_bench/). Not measured on an
+# AVX2 CPU, where 3 rows cost 1.19x one, nor on CUDA, where a wider verification costs more on
+# this model: both keep a chain
 DEFAULT_SIBLINGS = {"cpu": 3, "cpu-avx2": 1, "cuda": 1}
 
 
