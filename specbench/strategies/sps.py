@@ -30,6 +30,7 @@ import math
 from typing import Annotated
 
 import torch
+import torch.nn.functional as F
 
 from ..cuda_graph import BUCKETS, graphed_model
 from ..drafters.base import DraftDtype, draft_vocabulary, dtype_name, run_dtype
@@ -158,7 +159,7 @@ class DraftModel(Proposer):
             token = draw(q, ctx.params, ctx.generator)
             tokens.append(token)
             qs.append(q)
-            if picks is None:
+            if picks is None and self.siblings > 1:
                 picks = logits.topk(self.siblings).indices[1:]    # ranks 2..k, whatever was drawn
             # a stop that depends only on the draft's own tokens keeps the chain a valid proposal:
             # the verifier's rule is exact for a chain of any length (SpecDec++, Huang et al. 2024).
@@ -170,7 +171,7 @@ class DraftModel(Proposer):
         self.drafted = len(tokens)
         self.cache.length -= self.drafted                   # back to "all committed but the root"
         chain = DraftTree.chain(torch.stack(tokens).to(ctx.model.device), torch.stack(qs))
-        return with_siblings(chain, picks.to(ctx.model.device)) if len(picks) else chain
+        return chain if picks is None else with_siblings(chain, picks.to(ctx.model.device))
 
     def accept(self, ctx: DecodeContext, step: StepResult) -> None:
         # keep the root and the accepted chain tokens already in the draft cache (the last draft
@@ -188,8 +189,7 @@ def with_siblings(chain: DraftTree, picks: torch.Tensor) -> DraftTree:
     s, n = len(picks), chain.size
     tokens = torch.cat([chain.tokens[:1], picks, chain.tokens[1:]])
     parents = torch.tensor([-1] * (1 + s) + [0 if j == 1 else j - 1 + s for j in range(1, n)])
-    one_hot = torch.zeros(s, chain.q.shape[-1], dtype=chain.q.dtype, device=chain.q.device)
-    one_hot[torch.arange(s), picks.to(chain.q.device)] = 1
+    one_hot = F.one_hot(picks.to(chain.q.device), chain.q.shape[-1]).to(chain.q.dtype)
     return DraftTree(tokens=tokens, parents=parents, q=torch.cat([chain.q[:1], one_hot, chain.q[1:]]))
 
 
