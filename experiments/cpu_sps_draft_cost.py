@@ -55,6 +55,8 @@ def main() -> None:
     print(f"propose (the whole drafting step): {ms(steps):.2f} ms")
     print(f"first draft forward of a step:     {ms(first):.2f} ms (median {1e3 * statistics.median(first):.2f})")
     print(f"later draft forwards:              {ms(later):.2f} ms (median {1e3 * statistics.median(later):.2f}, {len(later)} of them)")
+    rest = (sum(steps) - sum(first) - sum(later)) / len(steps)
+    print(f"the rest (sampling, stop, siblings, the tree): {1e3 * rest:.2f} ms a step")
 
 
 if __name__ == "__main__":

@@ -296,7 +296,8 @@ def test_draft_vocab_keeps_greedy_identity_and_drafts_only_frequent_tokens(tiny,
     for s in range(3):
         prompt = [(s * 5 + i) % 16 for i in range(6)]
         vanilla = specbench.generate(tiny, prompt, max_new_tokens=40).token_ids
-        proposer = make_proposer("sps", tiny, draft=distilled, draft_vocab=6)
+        # siblings too: the runner-up first tokens are picked among the draft vocabulary's scores
+        proposer = make_proposer("sps", tiny, draft=distilled, draft_vocab=6, siblings=3)
         propose = proposer.propose
         proposer.propose = lambda ctx: seen_drafts.update((tree := propose(ctx)).tokens.tolist()) or tree
         out = engine.run(tiny, proposer, prompt, specbench.SamplingParams(), 40, 0, ())
