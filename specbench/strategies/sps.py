@@ -68,9 +68,11 @@ StopProbability = Annotated[float, Bound(0, 1)]
 # 1.45 / 1.51 tokens per step and no dearer a target forward (experiments/cpu_sps_siblings_24q.yaml,
 # docs/results/cpu_sps_siblings_24q/); 4 tied 3 and 6 lost 6%, as a forward over 8 tokens costs
 # more there (experiments/cpu_sps_siblings_wide_24q.yaml); on all 80 MT-bench first turns 3 ran
-# at 1.18x against the chain's 1.08x (docs/results/cpu_sps_siblings_mt_bench/). Not measured on an
-# AVX2 CPU, where 3 rows cost 1.19x one, nor on CUDA, where a wider verification costs more on
-# this model: both keep a chain
+# at 1.18x against the chain's 1.08x (docs/results/cpu_sps_siblings_mt_bench/), on session 42's
+# Zen 5 EPYC at 1.15x against 1.03x (docs/results/cpu_sps_siblings_mt_bench_zen5/), where chains
+# of 1 / 2 / 3 tokens beside 3 candidates tied (docs/results/cpu_sps_chain_len_24q/). Not measured
+# on an AVX2 CPU, where 3 rows cost 1.19x one, nor on CUDA, where a wider verification costs more
+# on this model: both keep a chain
 DEFAULT_SIBLINGS = {"cpu": 3, "cpu-avx2": 1, "cuda": 1}
 
 
