@@ -135,11 +135,11 @@ class DraftModel(Proposer):
                 self.graphed.prepare(n, stop_layer=stop)
         self.cache = self.graphed.cache if self.graphed is not None else self.draft.new_cache(max_len)
 
-    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The draft's next-token logits [V] after new tokens x, written past its cache (-inf
-        outside draft_vocab's tokens), with the scores they were spread from and those scores'
-        token ids (the logits and None without a draft vocabulary): the siblings' top-k and the
-        stop's log-sum-exp then read 4,096 scores, not 49,152 mostly -inf logits."""
+        outside draft_vocab's tokens), and the scores they were spread from (those of the tokens
+        `self.vocab`; the logits themselves without a draft vocabulary): the siblings' top-k and
+        the stop's log-sum-exp then read 4,096 scores, not 49,152 mostly -inf logits."""
         start = self.cache.length
         positions = torch.arange(start, start + len(x), device=x.device)
         stop = None if self.vocab is None else self.draft.args.num_layers     # then the head is ours
@@ -150,24 +150,24 @@ class DraftModel(Proposer):
         self.cache.length += len(x)
         if self.vocab is None:
             logits = widened(out.logits[-1])
-            return logits, logits, None
+            return logits, logits
         scores = widened(self.head(self.draft.norm(out.hidden[-1:]))[0])
         logits = scores.new_full((self.draft.args.vocab_size,), float("-inf")).index_copy_(0, self.vocab, scores)
-        return logits, scores, self.vocab
+        return logits, scores
 
     def propose(self, ctx: DecodeContext) -> DraftTree:
         pending = ctx.tokens[self.cache.length:]          # committed tokens the draft has not seen
         x = send(pending, self.draft.device)
         tokens, qs, picks = [], [], None
         while len(tokens) < self.num_draft:
-            logits, scores, ids = self._logits(x)
+            logits, scores = self._logits(x)
             q = process_logits(logits, ctx.params)
             token = draw(q, ctx.params, ctx.generator)
             tokens.append(token)
             qs.append(q)
             if picks is None and self.siblings > 1:
                 picks = scores.topk(self.siblings).indices[1:]    # ranks 2..k, whatever was drawn
-                picks = picks if ids is None else ids[picks]
+                picks = picks if self.vocab is None else self.vocab[picks]
             # a stop that depends only on the draft's own tokens keeps the chain a valid proposal:
             # the verifier's rule is exact for a chain of any length (SpecDec++, Huang et al. 2024).
             # The confidence is the draft's probability at temperature 1 (greedy's q is one-hot).
